@@ -1,0 +1,173 @@
+//! The controller's view of the cluster: one reflector per kind, shared by
+//! the task reconciler and admission. Objects are trimmed (managed fields
+//! dropped) before they are stored, to keep memory per object small.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+
+use crate::domain::pod::pod_name;
+use crate::resources::{GpuAccount, GpuTask, GpuTemplate, labels};
+
+/// Read-only stores of everything the controller decides from.
+#[derive(Clone)]
+pub struct Caches {
+    pub tasks: Store<GpuTask>,
+    pub pods: Store<Pod>,
+    pub accounts: Store<GpuAccount>,
+    pub templates: Store<GpuTemplate>,
+    pub nodes: Store<Node>,
+}
+
+/// Shared streams that drive the task reconciler.
+pub struct Subscriptions {
+    pub tasks: reflector::ReflectHandle<GpuTask>,
+    pub pods: reflector::ReflectHandle<Pod>,
+}
+
+fn trim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Starts the reflectors. Every change pokes `changed`, which wakes admission.
+pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Subscriptions, Vec<tokio::task::JoinHandle<()>>) {
+    let mut handles = Vec::new();
+
+    let (tasks, task_writer) = reflector::store_shared::<GpuTask>(4096);
+    let task_sub = task_writer.subscribe().expect("shared store");
+    let stream = watcher(Api::<GpuTask>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim)
+        .reflect_shared(task_writer);
+    handles.push(drive("gputasks", stream, changed.clone()));
+
+    let (pods, pod_writer) = reflector::store_shared::<Pod>(4096);
+    let pod_sub = pod_writer.subscribe().expect("shared store");
+    let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(labels::TASK).any_semantic())
+        .default_backoff()
+        .modify(|pod: &mut Pod| {
+            trim(pod);
+            // The input can be large and is on the task already.
+            if let Some(spec) = pod.spec.as_mut() {
+                for c in &mut spec.containers {
+                    c.env = None;
+                }
+            }
+        })
+        .reflect_shared(pod_writer);
+    handles.push(drive("pods", stream, changed.clone()));
+
+    let (accounts, writer) = reflector::store::<GpuAccount>();
+    let stream = watcher(Api::<GpuAccount>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
+    handles.push(drive("gpuaccounts", stream, changed.clone()));
+
+    let (templates, writer) = reflector::store::<GpuTemplate>();
+    let stream = watcher(Api::<GpuTemplate>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
+    handles.push(drive("gputemplates", stream, changed.clone()));
+
+    let (nodes, writer) = reflector::store::<Node>();
+    let stream = watcher(Api::<Node>::all(client), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|node: &mut Node| {
+            trim(node);
+            if let Some(status) = node.status.as_mut() {
+                status.images = None;
+            }
+        })
+        .reflect(writer);
+    handles.push(drive("nodes", stream, changed));
+
+    (
+        Caches { tasks, pods, accounts, templates, nodes },
+        Subscriptions { tasks: task_sub, pods: pod_sub },
+        handles,
+    )
+}
+
+fn drive<S, T>(kind: &'static str, stream: S, changed: Arc<Notify>) -> tokio::task::JoinHandle<()>
+where
+    S: Stream<Item = Result<watcher::Event<T>, watcher::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(error) => tracing::warn!(kind, %error, "watch error; retrying"),
+            }
+        }
+    })
+}
+
+impl Caches {
+    /// Waits until every store has its first full list.
+    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.tasks.wait_until_ready().await?;
+        self.pods.wait_until_ready().await?;
+        self.accounts.wait_until_ready().await?;
+        self.templates.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await
+    }
+
+    pub fn template(&self, namespace: &str, name: &str) -> Option<Arc<GpuTemplate>> {
+        self.templates.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The pod of the task's current attempt: a just-created one not yet on
+    /// the status first, else the one the status names.
+    pub fn current_pod(&self, task: &GpuTask) -> Option<Arc<Pod>> {
+        let namespace = task.namespace()?;
+        let name = task.name_any();
+        let status = task.status.clone().unwrap_or_default();
+        let attempts = status.attempts.unwrap_or(0);
+        let owned = |pod: &Arc<Pod>| pod.owner_references().iter().any(|o| Some(&o.uid) == task.metadata.uid.as_ref());
+        if let Some(pod) = self.pod(&namespace, &pod_name(&name, attempts)).filter(owned) {
+            return Some(pod);
+        }
+        let recorded = status.pod_name.or_else(|| (attempts > 0).then(|| pod_name(&name, attempts - 1)))?;
+        self.pod(&namespace, &recorded).filter(owned)
+    }
+
+    /// Which account owns each namespace. A namespace claimed by several
+    /// accounts belongs to none of them until the conflict is resolved.
+    pub fn accounts_by_namespace(&self) -> BTreeMap<String, Result<Arc<GpuAccount>, Vec<String>>> {
+        let mut out: BTreeMap<String, Result<Arc<GpuAccount>, Vec<String>>> = BTreeMap::new();
+        let mut accounts = self.accounts.state();
+        accounts.sort_by_key(|a| a.name_any());
+        for account in accounts {
+            for namespace in &account.spec.namespaces {
+                match out.get_mut(namespace) {
+                    None => {
+                        out.insert(namespace.clone(), Ok(account.clone()));
+                    }
+                    Some(Ok(first)) => {
+                        let names = vec![first.name_any(), account.name_any()];
+                        out.insert(namespace.clone(), Err(names));
+                    }
+                    Some(Err(names)) => names.push(account.name_any()),
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,154 @@
+//! The task reconciler: reads a task and its pod from the caches, asks
+//! [`lifecycle::plan`] what to do, and does it — charge, status, pod, task.
+//! Queued tasks without a pod are left to admission.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::Context;
+use super::error::{Error, Result, is_status};
+use crate::domain::lifecycle::{self, Plan, TaskView};
+use crate::resources::{GpuTask, GpuTaskStatus, labels, managers};
+
+#[tracing::instrument(skip_all, fields(task = %task.namespace().unwrap_or_default(), name = %task.name_any()))]
+pub async fn reconcile(task: Arc<GpuTask>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&task, &ctx).await;
+    ctx.metrics.reconcile_duration.with_label_values(&[] as &[&str]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+pub fn error_policy(_task: Arc<GpuTask>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&[error.category()]).inc();
+    if !matches!(error, Error::Kube(kube::Error::Api(s)) if s.code == 409) {
+        tracing::warn!(%error, "reconcile failed");
+    }
+    Action::requeue(Duration::from_secs(if error.category() == "conflict" { 1 } else { 5 }))
+}
+
+async fn reconcile_inner(task: &GpuTask, ctx: &Context) -> Result<Action> {
+    let namespace = task.namespace().unwrap_or_default();
+    let pod = ctx.caches.current_pod(task);
+    let max_retries = ctx.caches.template(&namespace, &task.spec.template_ref.name).map(|t| t.spec.max_retries);
+    let view = TaskView { task, max_retries, pod: pod.as_deref(), now: Timestamp::now() };
+    let plan = lifecycle::plan(view, &ctx.config.lifecycle);
+    apply(task, pod.as_deref(), plan, ctx).await
+}
+
+async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> Result<Action> {
+    let namespace = task.namespace().unwrap_or_default();
+    let name = task.name_any();
+    let tasks: Api<GpuTask> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    if let Some(credits) = plan.charge {
+        let account = plan
+            .status
+            .as_ref()
+            .and_then(|s| s.account.clone())
+            .or_else(|| pod.and_then(|p| p.labels().get(labels::ACCOUNT).cloned()))
+            .ok_or_else(|| Error::NoAccount(format!("{namespace}/{name}")))?;
+        ctx.accounts.charge(&account, task.metadata.uid.as_deref().unwrap_or_default(), credits).await?;
+    }
+
+    if let Some(status) = &plan.status {
+        write_status(&tasks, task, status).await?;
+        observe_transition(ctx, task, status);
+    }
+
+    if let Some(pod) = pod {
+        let pod_name = pod.name_any();
+        if plan.delete_pod {
+            let params = DeleteParams { preconditions: uid_precondition(pod), ..DeleteParams::background() };
+            match pods.delete(&pod_name, &params).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if plan.release_pod {
+            release(&pods, pod).await?;
+        }
+    }
+
+    if let Some(event) = plan.event {
+        let event = Event {
+            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            reason: event.reason.into(),
+            note: Some(event.note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &task.object_ref(&())).await {
+            tracing::debug!(%error, "recording an event failed");
+        }
+    }
+
+    if plan.delete_task {
+        let params = DeleteParams { preconditions: uid_precondition(task), ..DeleteParams::background() };
+        match tasks.delete(&name, &params).await {
+            Ok(_) => tracing::info!("deleted finished task after its TTL"),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::await_change());
+    }
+
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after.unsigned_abs().max(Duration::from_millis(100))),
+        None => Action::await_change(),
+    })
+}
+
+/// Writes a task's whole status with server-side apply, only if the task is
+/// still at the version the decision was made from.
+pub async fn write_status(api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskStatus) -> Result<GpuTask> {
+    let patch = json!({
+        "apiVersion": GpuTask::api_version(&()),
+        "kind": GpuTask::kind(&()),
+        "metadata": { "name": task.name_any(), "resourceVersion": task.resource_version() },
+        "status": status,
+    });
+    let params = PatchParams::apply(managers::CONTROLLER).force();
+    Ok(api.patch_status(&task.name_any(), &params, &Patch::Apply(&patch)).await?)
+}
+
+/// Removes runplane's finalizer from a pod, leaving any others.
+async fn release(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
+    let remaining: Vec<String> =
+        pod.finalizers().iter().filter(|f| *f != labels::ACCOUNTING_FINALIZER).cloned().collect();
+    let patch = json!({ "metadata": { "resourceVersion": pod.resource_version(), "finalizers": remaining } });
+    match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn uid_precondition<K: Resource>(obj: &K) -> Option<Preconditions> {
+    Some(Preconditions { uid: obj.meta().uid.clone(), resource_version: None })
+}
+
+fn observe_transition(ctx: &Context, task: &GpuTask, status: &GpuTaskStatus) {
+    let before = task.status.as_ref().and_then(|s| s.phase);
+    if before == status.phase {
+        return;
+    }
+    if status.phase.is_some_and(|p| p.is_terminal()) {
+        if let Some(seconds) = status.processing_time {
+            ctx.metrics.run_time.observe(seconds);
+        }
+        tracing::info!(phase = ?status.phase, credits = status.credits_used, code = status.error_code, "task finished");
+    } else {
+        tracing::info!(phase = ?status.phase, "task moved");
+    }
+}

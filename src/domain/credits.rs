@@ -1,0 +1,69 @@
+//! What a task costs: the per-run price plus GPU-seconds, rounded up to whole
+//! credits. Only a task whose pod started is charged.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::resources::Price;
+
+/// The price frozen on a pod when it is created, so that editing or deleting
+/// the template later does not change what a running task costs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrozenPrice {
+    pub per_run: i64,
+    pub per_gpu_second: f64,
+    pub gpus: i64,
+}
+
+impl FrozenPrice {
+    pub fn new(price: &Price, gpus: i64) -> Self {
+        Self { per_run: price.per_run, per_gpu_second: price.per_gpu_second, gpus }
+    }
+}
+
+/// Seconds between start and end, never negative.
+pub fn run_seconds(started: Timestamp, ended: Timestamp) -> f64 {
+    let seconds = ended.duration_since(started).as_secs_f64();
+    seconds.max(0.0)
+}
+
+/// Credits for a run that started at `started` (None: never started) and ended at `ended`.
+pub fn charge(price: &FrozenPrice, started: Option<Timestamp>, ended: Timestamp) -> i64 {
+    let Some(started) = started else { return 0 };
+    let usage = price.per_gpu_second * price.gpus as f64 * run_seconds(started, ended);
+    // Rounded to the microcredit first so that float noise never adds a credit.
+    let usage = ((usage * 1e6).round() / 1e6).ceil() as i64;
+    price.per_run.saturating_add(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn never_started_costs_nothing() {
+        let price = FrozenPrice { per_run: 10, per_gpu_second: 1.0, gpus: 2 };
+        assert_eq!(charge(&price, None, ts(100)), 0);
+    }
+
+    #[test]
+    fn per_run_plus_gpu_seconds_rounded_up() {
+        let price = FrozenPrice { per_run: 10, per_gpu_second: 0.25, gpus: 2 };
+        // 2 GPUs × 5 s × 0.25 = 2.5 → 3
+        assert_eq!(charge(&price, Some(ts(100)), ts(105)), 13);
+        // exact values are not rounded up by float noise: 0.1 × 3 × 10 = 3
+        let price = FrozenPrice { per_run: 0, per_gpu_second: 0.1, gpus: 3 };
+        assert_eq!(charge(&price, Some(ts(0)), ts(10)), 3);
+    }
+
+    #[test]
+    fn clock_skew_never_refunds() {
+        let price = FrozenPrice { per_run: 4, per_gpu_second: 1.0, gpus: 1 };
+        assert_eq!(charge(&price, Some(ts(100)), ts(90)), 4);
+    }
+}

@@ -1,0 +1,590 @@
+//! A task's life after admission: what its pod says about it, and what the
+//! controller must do next. [`plan`] is pure; the controller applies its
+//! result in order: charge, write status, delete pod, release pod, delete task.
+//!
+//! It decides nothing about queued tasks without a pod (that is admission)
+//! and never talks to the API server.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{ContainerState, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::credits;
+use super::pod::frozen_price;
+use crate::resources::{GpuTask, GpuTaskStatus, TaskPhase, WaitReason, codes, conditions, labels};
+
+/// Timing rules of the lifecycle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LifecycleConfig {
+    /// How long an admitted pod may stay unschedulable or unable to start its
+    /// container (image pull errors, crash on start) before the task fails.
+    pub start_deadline: SignedDuration,
+    /// How long past its timeout a running pod may go on before the controller
+    /// stops it itself (the kubelet's activeDeadlineSeconds normally does).
+    pub timeout_grace: SignedDuration,
+    /// First retry delay; doubles with each attempt up to `retry_backoff_max`.
+    pub retry_backoff: SignedDuration,
+    pub retry_backoff_max: SignedDuration,
+    /// Finished tasks are deleted this long after they end; None keeps them.
+    pub finished_ttl: Option<SignedDuration>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            start_deadline: SignedDuration::from_mins(5),
+            timeout_grace: SignedDuration::from_secs(60),
+            retry_backoff: SignedDuration::from_secs(10),
+            retry_backoff_max: SignedDuration::from_mins(5),
+            finished_ttl: Some(SignedDuration::from_hours(24)),
+        }
+    }
+}
+
+/// What the controller sees of one task.
+#[derive(Clone, Copy, Debug)]
+pub struct TaskView<'a> {
+    pub task: &'a GpuTask,
+    /// The template's maxRetries, if the template still exists.
+    pub max_retries: Option<i32>,
+    /// The pod of the task's current attempt, if it exists.
+    pub pod: Option<&'a Pod>,
+    pub now: Timestamp,
+}
+
+/// An event to record on the task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskEvent {
+    pub reason: &'static str,
+    pub note: String,
+    pub warning: bool,
+}
+
+/// What to do for a task, in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Credits to charge to the task's account before the status is written.
+    pub charge: Option<i64>,
+    /// The status to write; None when it would change nothing.
+    pub status: Option<GpuTaskStatus>,
+    /// Delete the current pod (it is not deleting yet).
+    pub delete_pod: bool,
+    /// Remove runplane's finalizer from the current pod: its task is accounted.
+    pub release_pod: bool,
+    /// Delete the task: its TTL has passed.
+    pub delete_task: bool,
+    /// Look again after this long even if nothing changes.
+    pub requeue_after: Option<SignedDuration>,
+    pub event: Option<TaskEvent>,
+}
+
+/// How a pod's failure is classified.
+#[derive(Clone, Debug, PartialEq)]
+enum Failure {
+    /// activeDeadlineSeconds passed.
+    Deadline,
+    /// The workload itself failed.
+    Workload(String),
+    /// Not the workload's fault: evicted, node lost, pod deleted by someone else.
+    Infrastructure(String),
+    /// The pod never started within the start deadline.
+    CannotStart { code: i32, message: String },
+}
+
+/// Pod failure reasons that are not the workload's fault.
+const INFRASTRUCTURE_REASONS: &[&str] = &[
+    "Evicted",
+    "NodeLost",
+    "Preempting",
+    "Shutdown",
+    "NodeShutdown",
+    "Terminated",
+    "UnexpectedAdmissionError",
+    "NodeAffinity",
+];
+
+/// Container waiting reasons that mean the container will not start by itself.
+const START_ERRORS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+    "RunContainerError",
+];
+
+/// Decides what to do for a task, given its current pod.
+pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
+    let task = view.task;
+    let current = task.status.clone().unwrap_or_default();
+    if task.is_terminal() {
+        return plan_finished(view, &current, config);
+    }
+    let Some(pod) = view.pod else {
+        return plan_without_pod(view, &current);
+    };
+
+    let mut next = current.clone();
+    next.observed_generation = task.metadata.generation;
+    let attempt: i32 = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::ATTEMPT))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    next.attempts = Some(current.attempts.unwrap_or(0).max(attempt + 1));
+    next.pod_name = pod.metadata.name.clone();
+    next.account = pod.metadata.labels.as_ref().and_then(|l| l.get(labels::ACCOUNT)).cloned().or(next.account);
+    next.gpus = Some(frozen_price(pod).gpus as i32).filter(|g| *g > 0).or(next.gpus);
+    if next.admitted_at.is_none() {
+        next.admitted_at = pod.metadata.creation_timestamp.clone();
+    }
+    let started = pod_started(pod);
+    if next.started_at.is_none() {
+        next.started_at = started.map(Time);
+    }
+
+    let deleting = pod.metadata.deletion_timestamp.is_some();
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let mut out = Plan::default();
+
+    // A requested cancel wins over whatever the pod is doing.
+    if task.spec.cancel || task.metadata.deletion_timestamp.is_some() {
+        if !deleting && !matches!(phase, "Succeeded" | "Failed") {
+            out.delete_pod = true;
+            out.status = changed(&current, next);
+            return out;
+        }
+        let ended = pod_ended(pod).or_else(|| deletion_requested_at(pod)).unwrap_or(view.now);
+        return finish(out, &current, next, pod, TaskPhase::Canceled, Finish::canceled(), ended);
+    }
+
+    match phase {
+        "Succeeded" => {
+            let ended = pod_ended(pod).unwrap_or(view.now);
+            let output = parse_output(termination_message(pod).as_deref());
+            next.output = Some(output);
+            next.progress = Some(100);
+            finish(out, &current, next, pod, TaskPhase::Completed, Finish::completed(), ended)
+        }
+        "Failed" => {
+            let ended = pod_ended(pod).unwrap_or(view.now);
+            let failure = classify_failure(pod);
+            fail(view, out, &current, next, pod, failure, ended, config)
+        }
+        _ if deleting => {
+            // Someone other than runplane deleted the pod of a running task.
+            let ended = deletion_requested_at(pod).unwrap_or(view.now);
+            let failure = Failure::Infrastructure("the task's pod was deleted".into());
+            fail(view, out, &current, next, pod, failure, ended, config)
+        }
+        "Running" => {
+            let started_at = next.started_at.as_ref().map(|t| t.0).unwrap_or(view.now);
+            let timeout = SignedDuration::from_secs(view.task.spec.timeout_seconds.unwrap_or_else(|| {
+                pod.spec.as_ref().and_then(|s| s.active_deadline_seconds).unwrap_or(crate::resources::DEFAULT_TIMEOUT_SECONDS)
+            }));
+            let hard_stop = started_at + timeout + config.timeout_grace;
+            if view.now >= hard_stop {
+                out.delete_pod = true;
+                return fail(view, out, &current, next, pod, Failure::Deadline, view.now, config);
+            }
+            next.phase = Some(TaskPhase::Running);
+            next.wait_reason = None;
+            next.message = None;
+            next.retry_at = None;
+            set_condition(&mut next, conditions::ADMITTED, true, "PodCreated", "the task's pod was created", view.now);
+            if current.phase != Some(TaskPhase::Running) {
+                out.event = Some(TaskEvent {
+                    reason: "Started",
+                    note: format!("pod {} is running", pod.metadata.name.as_deref().unwrap_or_default()),
+                    warning: false,
+                });
+            }
+            out.requeue_after = Some(hard_stop.duration_since(view.now));
+            out.status = changed(&current, next);
+            out
+        }
+        _ => {
+            // Pending: scheduling, pulling the image or starting the container.
+            let admitted = next.admitted_at.as_ref().map(|t| t.0).unwrap_or(view.now);
+            let deadline = admitted + config.start_deadline;
+            if let Some(failure) = start_failure(pod) {
+                if view.now >= deadline {
+                    out.delete_pod = true;
+                    return fail(view, out, &current, next, pod, failure, view.now, config);
+                }
+            }
+            next.phase = Some(TaskPhase::Queued);
+            next.wait_reason = Some(WaitReason::PodStarting);
+            next.message = start_failure(pod).map(|f| match f {
+                Failure::CannotStart { message, .. } => message,
+                other => format!("{other:?}"),
+            });
+            next.retry_at = None;
+            set_condition(&mut next, conditions::ADMITTED, true, "PodCreated", "the task's pod was created", view.now);
+            if current.conditions.iter().all(|c| c.type_ != conditions::ADMITTED || c.status != "True") {
+                out.event = Some(TaskEvent {
+                    reason: "Admitted",
+                    note: format!("created pod {}", pod.metadata.name.as_deref().unwrap_or_default()),
+                    warning: false,
+                });
+            }
+            out.requeue_after = Some(deadline.duration_since(view.now).max(SignedDuration::from_secs(1)));
+            out.status = changed(&current, next);
+            out
+        }
+    }
+}
+
+/// Queued tasks without a pod belong to admission; only a cancel, or a pod
+/// that vanished after admission, is decided here.
+fn plan_without_pod(view: TaskView<'_>, current: &GpuTaskStatus) -> Plan {
+    let task = view.task;
+    let mut out = Plan::default();
+    let mut next = current.clone();
+    next.observed_generation = task.metadata.generation;
+    if task.spec.cancel {
+        next.phase = Some(TaskPhase::Canceled);
+        next.wait_reason = None;
+        next.retry_at = None;
+        next.completed_at = Some(Time(view.now));
+        next.credits_used = Some(0);
+        next.message = Some("canceled before it started".into());
+        set_condition(&mut next, conditions::FINISHED, true, "Canceled", "canceled before it started", view.now);
+        out.event = Some(TaskEvent { reason: "Canceled", note: "canceled before it started".into(), warning: false });
+        out.status = changed(current, next);
+        return out;
+    }
+    if current.phase == Some(TaskPhase::Running) {
+        // The pod is gone without runplane having let it go (finalizer removed by hand).
+        let failure = Failure::Infrastructure("the task's pod disappeared".into());
+        return retry_or_fail(view, out, current, next, failure, view.now, None);
+    }
+    out
+}
+
+/// Terminal tasks: let their pod go, then delete them after the TTL.
+fn plan_finished(view: TaskView<'_>, current: &GpuTaskStatus, config: &LifecycleConfig) -> Plan {
+    let mut out = Plan::default();
+    if let Some(pod) = view.pod {
+        if has_finalizer(pod) {
+            out.release_pod = true;
+        }
+        if pod.metadata.deletion_timestamp.is_none() {
+            out.delete_pod = true;
+        }
+    }
+    if let (Some(ttl), Some(done)) = (config.finished_ttl, current.completed_at.as_ref()) {
+        let expires = done.0 + ttl;
+        if view.now >= expires {
+            out.delete_task = true;
+        } else {
+            out.requeue_after = Some(expires.duration_since(view.now));
+        }
+    }
+    out
+}
+
+struct Finish {
+    reason: &'static str,
+    message: String,
+    code: Option<i32>,
+    warning: bool,
+}
+
+impl Finish {
+    fn completed() -> Self {
+        Self { reason: "Completed", message: "the task completed".into(), code: None, warning: false }
+    }
+
+    fn canceled() -> Self {
+        Self { reason: "Canceled", message: "the task was canceled".into(), code: None, warning: false }
+    }
+}
+
+/// Moves the task to a terminal phase: charge, status, pod released.
+fn finish(
+    mut out: Plan,
+    current: &GpuTaskStatus,
+    mut next: GpuTaskStatus,
+    pod: &Pod,
+    phase: TaskPhase,
+    how: Finish,
+    ended: Timestamp,
+) -> Plan {
+    let started = next.started_at.as_ref().map(|t| t.0);
+    let credits = credits::charge(&frozen_price(pod), started, ended);
+    next.phase = Some(phase);
+    next.wait_reason = None;
+    next.retry_at = None;
+    next.completed_at = Some(Time(ended));
+    next.processing_time = started.map(|s| (credits::run_seconds(s, ended) * 1000.0).round() / 1000.0);
+    next.credits_used = Some(credits);
+    next.error_code = how.code;
+    next.error_message = how.code.map(|_| how.message.clone());
+    next.message = Some(how.message.clone());
+    set_condition(&mut next, conditions::FINISHED, true, how.reason, &how.message, ended);
+    out.charge = (credits > 0).then_some(credits);
+    out.event = Some(TaskEvent { reason: how.reason, note: how.message, warning: how.warning });
+    if pod.metadata.deletion_timestamp.is_none() {
+        out.delete_pod = true;
+    }
+    out.release_pod = has_finalizer(pod);
+    out.status = changed(current, next);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fail(
+    view: TaskView<'_>,
+    out: Plan,
+    current: &GpuTaskStatus,
+    next: GpuTaskStatus,
+    pod: &Pod,
+    failure: Failure,
+    ended: Timestamp,
+    config: &LifecycleConfig,
+) -> Plan {
+    match failure {
+        Failure::Infrastructure(_) => retry_or_fail(view, out, current, next, failure, ended, Some((pod, config))),
+        failure => {
+            let (code, message) = describe(&failure, view, pod);
+            finish(out, current, next, pod, TaskPhase::Failed, Finish { reason: "Failed", message, code: Some(code), warning: true }, ended)
+        }
+    }
+}
+
+/// An attempt failed through no fault of the task: retry it if the template
+/// allows, uncharged; otherwise the task fails.
+fn retry_or_fail(
+    view: TaskView<'_>,
+    mut out: Plan,
+    current: &GpuTaskStatus,
+    mut next: GpuTaskStatus,
+    failure: Failure,
+    ended: Timestamp,
+    pod: Option<(&Pod, &LifecycleConfig)>,
+) -> Plan {
+    let attempts = next.attempts.unwrap_or(1);
+    let max_retries = view.max_retries.unwrap_or(0);
+    let Failure::Infrastructure(why) = &failure else { unreachable!("only infrastructure failures retry") };
+    if attempts <= max_retries {
+        let config = pod.map(|(_, c)| c.clone()).unwrap_or_default();
+        let factor = 2i32.saturating_pow(u32::try_from(attempts - 1).unwrap_or(0)).min(1 << 16);
+        let delay = (config.retry_backoff * factor).min(config.retry_backoff_max);
+        next.phase = Some(TaskPhase::Queued);
+        next.wait_reason = Some(WaitReason::RetryBackoff);
+        next.retry_at = Some(Time(view.now + delay));
+        next.message = Some(format!("attempt {attempts} failed ({why}); retrying"));
+        next.pod_name = None;
+        next.started_at = None;
+        next.admitted_at = None;
+        set_condition(&mut next, conditions::ADMITTED, false, "Retrying", why, view.now);
+        out.event = Some(TaskEvent {
+            reason: "Retrying",
+            note: format!("attempt {attempts} of {} failed: {why}", max_retries + 1),
+            warning: true,
+        });
+        if let Some((pod, _)) = pod {
+            out.delete_pod = pod.metadata.deletion_timestamp.is_none();
+            out.release_pod = has_finalizer(pod);
+        }
+        out.requeue_after = Some(delay);
+        out.status = changed(current, next);
+        return out;
+    }
+    let message = format!("{why} (after {attempts} attempt{})", if attempts == 1 { "" } else { "s" });
+    match pod {
+        Some((pod, _)) => finish(
+            out,
+            current,
+            next,
+            pod,
+            TaskPhase::Failed,
+            Finish { reason: "Failed", message, code: Some(codes::INTERNAL), warning: true },
+            ended,
+        ),
+        None => {
+            next.phase = Some(TaskPhase::Failed);
+            next.completed_at = Some(Time(ended));
+            next.credits_used = Some(0);
+            next.error_code = Some(codes::INTERNAL);
+            next.error_message = Some(message.clone());
+            next.message = Some(message.clone());
+            set_condition(&mut next, conditions::FINISHED, true, "Failed", &message, ended);
+            out.event = Some(TaskEvent { reason: "Failed", note: message, warning: true });
+            out.status = changed(current, next);
+            out
+        }
+    }
+}
+
+fn describe(failure: &Failure, view: TaskView<'_>, pod: &Pod) -> (i32, String) {
+    match failure {
+        Failure::Deadline => {
+            let limit = view
+                .task
+                .spec
+                .timeout_seconds
+                .or_else(|| pod.spec.as_ref().and_then(|s| s.active_deadline_seconds))
+                .unwrap_or_default();
+            (codes::TIMEOUT, format!("Task execution timeout: ran longer than {limit} s"))
+        }
+        Failure::Workload(message) => (codes::INTERNAL, message.clone()),
+        Failure::CannotStart { code, message } => (*code, message.clone()),
+        Failure::Infrastructure(message) => (codes::INTERNAL, message.clone()),
+    }
+}
+
+fn classify_failure(pod: &Pod) -> Failure {
+    let status = pod.status.as_ref();
+    let reason = status.and_then(|s| s.reason.as_deref()).unwrap_or_default();
+    if reason == "DeadlineExceeded" {
+        return Failure::Deadline;
+    }
+    if INFRASTRUCTURE_REASONS.contains(&reason) || reason.starts_with("OutOf") {
+        let detail = status.and_then(|s| s.message.clone()).unwrap_or_default();
+        return Failure::Infrastructure(format!("pod failed: {reason} {detail}").trim().to_string());
+    }
+    match terminated(pod) {
+        Some((code, message)) => {
+            let message = message.filter(|m| !m.trim().is_empty());
+            Failure::Workload(match message {
+                Some(m) => format!("exit code {code}: {}", truncate(m.trim(), 1024)),
+                None => format!("exit code {code}"),
+            })
+        }
+        None => Failure::Workload(format!("pod failed: {reason}").trim_end_matches(": ").to_string()),
+    }
+}
+
+/// Why an admitted pod cannot start, if it cannot.
+fn start_failure(pod: &Pod) -> Option<Failure> {
+    let status = pod.status.as_ref()?;
+    for container in status.container_statuses.iter().flatten() {
+        if let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = waiting.reason.as_deref().unwrap_or_default();
+            if START_ERRORS.contains(&reason) {
+                let detail = waiting.message.as_deref().unwrap_or_default();
+                return Some(Failure::CannotStart {
+                    code: codes::INTERNAL,
+                    message: format!("container cannot start: {reason} {detail}").trim().to_string(),
+                });
+            }
+        }
+    }
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+    })?;
+    Some(Failure::CannotStart {
+        code: codes::GPU_UNAVAILABLE,
+        message: format!("GPU unavailable: {}", unschedulable.message.as_deref().unwrap_or("no node fits the pod")),
+    })
+}
+
+fn main_state(pod: &Pod) -> Option<&ContainerState> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == super::pod::CONTAINER)
+        .or_else(|| pod.status.as_ref()?.container_statuses.as_ref()?.first())?
+        .state
+        .as_ref()
+}
+
+fn terminated(pod: &Pod) -> Option<(i32, Option<String>)> {
+    let t = main_state(pod)?.terminated.as_ref()?;
+    Some((t.exit_code, t.message.clone()))
+}
+
+fn termination_message(pod: &Pod) -> Option<String> {
+    main_state(pod)?.terminated.as_ref()?.message.clone()
+}
+
+/// When the workload started: its container's start, else the pod's.
+fn pod_started(pod: &Pod) -> Option<Timestamp> {
+    let state = main_state(pod);
+    if let Some(t) = state.and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.as_ref()) {
+        return Some(t.0);
+    }
+    if let Some(t) = state.and_then(|s| s.terminated.as_ref()).and_then(|t| t.started_at.as_ref()) {
+        return Some(t.0);
+    }
+    let phase = pod.status.as_ref()?.phase.as_deref()?;
+    if matches!(phase, "Running" | "Succeeded" | "Failed") {
+        // A pod that ran but reports no container times: its start time.
+        if matches!(phase, "Running") || terminated(pod).is_some() {
+            return pod.status.as_ref()?.start_time.as_ref().map(|t| t.0);
+        }
+    }
+    None
+}
+
+fn pod_ended(pod: &Pod) -> Option<Timestamp> {
+    main_state(pod)?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0)
+}
+
+/// When the pod's deletion was requested (its deletion timestamp less the grace period).
+fn deletion_requested_at(pod: &Pod) -> Option<Timestamp> {
+    let at = pod.metadata.deletion_timestamp.as_ref()?.0;
+    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+    Some(at - SignedDuration::from_secs(grace))
+}
+
+fn has_finalizer(pod: &Pod) -> bool {
+    pod.metadata.finalizers.iter().flatten().any(|f| f == labels::ACCOUNTING_FINALIZER)
+}
+
+/// The workload's termination message as output: a JSON object as is,
+/// anything else as `{"text": …}`.
+pub fn parse_output(message: Option<&str>) -> serde_json::Value {
+    let message = message.unwrap_or_default().trim();
+    if message.is_empty() {
+        return serde_json::json!({});
+    }
+    match serde_json::from_str::<serde_json::Value>(message) {
+        Ok(value @ serde_json::Value::Object(_)) => value,
+        _ => serde_json::json!({ "text": message }),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Sets a condition, moving lastTransitionTime only when its status changes.
+pub fn set_condition(status: &mut GpuTaskStatus, type_: &str, value: bool, reason: &str, message: &str, now: Timestamp) {
+    let value = if value { "True" } else { "False" };
+    let generation = status.observed_generation;
+    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != value {
+                c.last_transition_time = Time(now);
+            }
+            c.status = value.into();
+            c.reason = reason.into();
+            c.message = message.into();
+            c.observed_generation = generation;
+        }
+        None => status.conditions.push(Condition {
+            type_: type_.into(),
+            status: value.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Time(now),
+            observed_generation: generation,
+        }),
+    }
+}
+
+fn changed(current: &GpuTaskStatus, next: GpuTaskStatus) -> Option<GpuTaskStatus> {
+    (current != &next).then_some(next)
+}

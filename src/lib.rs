@@ -1,0 +1,13 @@
+//! runplane: a Kubernetes operator that turns GPU nodes into an on-demand
+//! GPU task service.
+//!
+//! - [`resources`]: the custom resources (the CRDs are generated from them).
+//! - [`domain`]: pure decisions — admission, the pod, the lifecycle, credits.
+//! - [`controller`]: Kubernetes I/O — caches, writes, leader election.
+//! - [`telemetry`]: logs and metrics.
+#![forbid(unsafe_code)]
+
+pub mod controller;
+pub mod domain;
+pub mod resources;
+pub mod telemetry;

@@ -1,0 +1,184 @@
+//! The `runplane` binary: one executable, one subcommand per role.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use jiff::SignedDuration;
+use runplane::controller;
+use runplane::domain::lifecycle::LifecycleConfig;
+use runplane::domain::pod::PodConfig;
+use runplane::telemetry::{LogFormat, init_logging};
+
+#[derive(Parser)]
+#[command(name = "runplane", version, about = "An on-demand GPU task service on Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions as multi-document YAML.
+    Crds,
+    /// Run the controller: queue, admit and run GpuTasks as GPU pods.
+    Controller(ControllerArgs),
+}
+
+/// Connection to the cluster, shared by every subcommand that talks to it.
+#[derive(Args, Clone)]
+struct KubeArgs {
+    /// Kubeconfig file; in-cluster config or $KUBECONFIG when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl KubeArgs {
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+            }
+            None => kube::Config::infer().await?,
+        };
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "RUNPLANE_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    metrics_addr: SocketAddr,
+    /// Extended resource name of GPUs, for templates that name none.
+    #[arg(long, default_value = runplane::resources::DEFAULT_GPU_RESOURCE)]
+    gpu_resource: String,
+    /// GPU quota: a number (for --gpu-resource) or RESOURCE=N, repeatable. Default: allocatable GPUs of Ready nodes.
+    #[arg(long = "gpu-quota", value_name = "[RESOURCE=]N")]
+    gpu_quota: Vec<String>,
+    /// How long an admitted pod may stay unschedulable or fail to start its container before the task fails.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    start_deadline: SignedDuration,
+    /// How long past its timeout a running pod may go on before the controller stops it itself.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout_grace: SignedDuration,
+    /// First delay before retrying an attempt that failed through no fault of its own; doubles each time.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    retry_backoff: SignedDuration,
+    /// Longest retry delay.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    retry_backoff_max: SignedDuration,
+    /// Delete finished tasks this long after they end; 0 keeps them.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    finished_ttl: SignedDuration,
+    /// UID that task containers run as (pods always run as non-root).
+    #[arg(long, default_value_t = 1000)]
+    run_as_user: i64,
+    /// Base URL of the gateway, given to workloads for progress callbacks.
+    #[arg(long, env = "RUNPLANE_CALLBACK_URL")]
+    callback_url: Option<String>,
+    /// File holding the key that derives per-task progress tokens (shared with the gateway).
+    #[arg(long, env = "RUNPLANE_CALLBACK_KEY_FILE")]
+    callback_key_file: Option<PathBuf>,
+    /// Elect a leader through a Lease so that only one replica acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "runplane-controller")]
+    lease_name: String,
+    /// Namespace of the Lease; the pod's namespace (POD_NAMESPACE) or "default".
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// How long a lease lasts without renewal, in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Identity of this replica in the Lease; the hostname and a random suffix by default.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Tasks reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    reconcile_concurrency: u16,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn parse_duration(s: &str) -> Result<SignedDuration, String> {
+    if s == "0" {
+        return Ok(SignedDuration::ZERO);
+    }
+    let d: SignedDuration = s.parse().map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))?;
+    if d.is_negative() {
+        return Err("a duration cannot be negative".into());
+    }
+    Ok(d)
+}
+
+fn parse_quota(values: &[String], default_resource: &str) -> anyhow::Result<Option<BTreeMap<String, i64>>> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let mut quota = BTreeMap::new();
+    for value in values {
+        let (resource, n) = value.split_once('=').unwrap_or((default_resource, value));
+        let n: i64 = n.parse().with_context(|| format!("--gpu-quota {value}: not a number"))?;
+        anyhow::ensure!(n >= 0, "--gpu-quota {value}: must not be negative");
+        quota.insert(resource.to_string(), n);
+    }
+    Ok(Some(quota))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => {
+            print!("{}", runplane::resources::crds_yaml());
+            Ok(())
+        }
+        Command::Controller(args) => {
+            init_logging(args.log_format);
+            let client = args.kube.client().await?;
+            let callback_key = match &args.callback_key_file {
+                Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+                None => None,
+            };
+            let identity = args.identity.clone().unwrap_or_else(|| {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "runplane".into());
+                format!("{host}-{:08x}", rand_suffix())
+            });
+            let config = controller::Config {
+                pod: PodConfig { gpu_resource: args.gpu_resource.clone(), run_as_user: args.run_as_user, callback_url: args.callback_url.clone() },
+                lifecycle: LifecycleConfig {
+                    start_deadline: args.start_deadline,
+                    timeout_grace: args.timeout_grace,
+                    retry_backoff: args.retry_backoff,
+                    retry_backoff_max: args.retry_backoff_max,
+                    finished_ttl: (!args.finished_ttl.is_zero()).then_some(args.finished_ttl),
+                },
+                gpu_quota: parse_quota(&args.gpu_quota, &args.gpu_resource)?,
+                callback_key,
+                metrics_addr: args.metrics_addr,
+                leader_election: args.leader_election.then(|| controller::LeaderElection {
+                    lease_name: args.lease_name.clone(),
+                    lease_namespace: args.lease_namespace.clone(),
+                    identity,
+                    lease_duration_secs: args.lease_duration,
+                }),
+                reconcile_concurrency: args.reconcile_concurrency,
+            };
+            controller::run(client, config).await
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}

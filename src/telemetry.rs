@@ -1,0 +1,129 @@
+//! Logs (`tracing`, text or JSON, filtered by `RUST_LOG`) and the Prometheus
+//! metrics of both processes. Metric names start with `runplane_`, use base
+//! units, and carry only labels of bounded cardinality.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Output format of the logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber; `RUST_LOG` overrides the default level (info).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).init(),
+    }
+}
+
+/// The controller's metrics.
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    pub registry: Registry,
+    pub tasks: IntGaugeVec,
+    pub queue_wait: Histogram,
+    pub run_time: Histogram,
+    pub gpus_in_use: IntGaugeVec,
+    pub gpu_quota: IntGaugeVec,
+    pub admissions: IntCounter,
+    pub reconciles: IntCounter,
+    pub reconcile_errors: IntCounterVec,
+    pub reconcile_duration: HistogramVec,
+    pub charges: IntCounter,
+    pub credits_charged: IntCounter,
+    pub is_leader: IntGauge,
+}
+
+const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
+
+impl ControllerMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let tasks = IntGaugeVec::new(Opts::new("runplane_tasks", "GpuTasks by phase, as the controller's cache sees them"), &["phase"]).unwrap();
+        let queue_wait = Histogram::with_opts(
+            HistogramOpts::new("runplane_queue_wait_seconds", "Time from a task's creation to its admission")
+                .buckets(WAIT_BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let run_time = Histogram::with_opts(
+            HistogramOpts::new("runplane_task_run_seconds", "Run time of finished tasks, from pod start to end")
+                .buckets(WAIT_BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let gpus_in_use = IntGaugeVec::new(Opts::new("runplane_gpus_in_use", "GPUs held by runplane's pods"), &["resource"]).unwrap();
+        let gpu_quota = IntGaugeVec::new(Opts::new("runplane_gpu_quota", "GPUs runplane may hand out"), &["resource"]).unwrap();
+        let admissions = IntCounter::new("runplane_admissions_total", "Tasks admitted (pods created)").unwrap();
+        let reconciles = IntCounter::new("runplane_reconcile_total", "Task reconciliations").unwrap();
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("runplane_reconcile_errors_total", "Failed task reconciliations by error category"),
+            &["category"],
+        )
+        .unwrap();
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new("runplane_reconcile_duration_seconds", "Duration of task reconciliations")
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            &[],
+        )
+        .unwrap();
+        let charges = IntCounter::new("runplane_charges_total", "Tasks charged to their account").unwrap();
+        let credits_charged = IntCounter::new("runplane_credits_charged_total", "Credits charged to accounts").unwrap();
+        let is_leader = IntGauge::new("runplane_leader", "1 while this replica holds the controller lease").unwrap();
+        for collector in [
+            Box::new(tasks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queue_wait.clone()),
+            Box::new(run_time.clone()),
+            Box::new(gpus_in_use.clone()),
+            Box::new(gpu_quota.clone()),
+            Box::new(admissions.clone()),
+            Box::new(reconciles.clone()),
+            Box::new(reconcile_errors.clone()),
+            Box::new(reconcile_duration.clone()),
+            Box::new(charges.clone()),
+            Box::new(credits_charged.clone()),
+            Box::new(is_leader.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        for phase in crate::resources::TaskPhase::ALL {
+            tasks.with_label_values(&[phase.as_str()]).set(0);
+        }
+        Self {
+            registry,
+            tasks,
+            queue_wait,
+            run_time,
+            gpus_in_use,
+            gpu_quota,
+            admissions,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            charges,
+            credits_charged,
+            is_leader,
+        }
+    }
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The registry in Prometheus' text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut buffer).expect("text encoding cannot fail");
+    String::from_utf8(buffer).expect("the text format is UTF-8")
+}
