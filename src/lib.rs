@@ -11,3 +11,6 @@ pub mod controller;
 pub mod domain;
 pub mod resources;
 pub mod telemetry;
+
+#[cfg(test)]
+mod fixtures;

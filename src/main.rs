@@ -13,7 +13,11 @@ use runplane::domain::pod::PodConfig;
 use runplane::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
-#[command(name = "runplane", version, about = "An on-demand GPU task service on Kubernetes")]
+#[command(
+    name = "runplane",
+    version,
+    about = "An on-demand GPU task service on Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,7 @@ enum Command {
     /// Print the CustomResourceDefinitions as multi-document YAML.
     Crds,
     /// Run the controller: queue, admit and run GpuTasks as GPU pods.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
 }
 
 /// Connection to the cluster, shared by every subcommand that talks to it.
@@ -113,21 +117,28 @@ fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     if s == "0" {
         return Ok(SignedDuration::ZERO);
     }
-    let d: SignedDuration = s.parse().map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))?;
+    let d: SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))?;
     if d.is_negative() {
         return Err("a duration cannot be negative".into());
     }
     Ok(d)
 }
 
-fn parse_quota(values: &[String], default_resource: &str) -> anyhow::Result<Option<BTreeMap<String, i64>>> {
+fn parse_quota(
+    values: &[String],
+    default_resource: &str,
+) -> anyhow::Result<Option<BTreeMap<String, i64>>> {
     if values.is_empty() {
         return Ok(None);
     }
     let mut quota = BTreeMap::new();
     for value in values {
         let (resource, n) = value.split_once('=').unwrap_or((default_resource, value));
-        let n: i64 = n.parse().with_context(|| format!("--gpu-quota {value}: not a number"))?;
+        let n: i64 = n
+            .parse()
+            .with_context(|| format!("--gpu-quota {value}: not a number"))?;
         anyhow::ensure!(n >= 0, "--gpu-quota {value}: must not be negative");
         quota.insert(resource.to_string(), n);
     }
@@ -146,7 +157,9 @@ async fn main() -> anyhow::Result<()> {
             init_logging(args.log_format);
             let client = args.kube.client().await?;
             let callback_key = match &args.callback_key_file {
-                Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+                Some(path) => Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
                 None => None,
             };
             let identity = args.identity.clone().unwrap_or_else(|| {
@@ -154,7 +167,11 @@ async fn main() -> anyhow::Result<()> {
                 format!("{host}-{:08x}", rand_suffix())
             });
             let config = controller::Config {
-                pod: PodConfig { gpu_resource: args.gpu_resource.clone(), run_as_user: args.run_as_user, callback_url: args.callback_url.clone() },
+                pod: PodConfig {
+                    gpu_resource: args.gpu_resource.clone(),
+                    run_as_user: args.run_as_user,
+                    callback_url: args.callback_url.clone(),
+                },
                 lifecycle: LifecycleConfig {
                     start_deadline: args.start_deadline,
                     timeout_grace: args.timeout_grace,
@@ -179,6 +196,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn rand_suffix() -> u32 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     nanos ^ std::process::id().rotate_left(16)
 }

@@ -19,6 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{Error, Result, is_status};
+use crate::domain::credits::apply_charges;
 use crate::resources::{GpuAccount, GpuAccountStatus};
 use crate::telemetry::ControllerMetrics;
 
@@ -38,7 +39,12 @@ pub struct Counts {
 }
 
 enum Message {
-    Charge { account: String, task_uid: String, credits: i64, done: oneshot::Sender<Result<()>> },
+    Charge {
+        account: String,
+        task_uid: String,
+        credits: i64,
+        done: oneshot::Sender<Result<()>>,
+    },
     Counts(BTreeMap<String, Counts>),
 }
 
@@ -53,7 +59,12 @@ impl AccountWriter {
     pub async fn charge(&self, account: &str, task_uid: &str, credits: i64) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Message::Charge { account: account.into(), task_uid: task_uid.into(), credits, done })
+            .send(Message::Charge {
+                account: account.into(),
+                task_uid: task_uid.into(),
+                credits,
+                done,
+            })
             .await
             .map_err(|_| Error::AccountWriterGone)?;
         wait.await.map_err(|_| Error::AccountWriterGone)?
@@ -72,7 +83,13 @@ pub fn start(
     metrics: Arc<ControllerMetrics>,
 ) -> AccountWriter {
     let (tx, rx) = mpsc::channel(1024);
-    let writer = Writer { api: Api::all(client), cache: accounts, metrics, counts: BTreeMap::new(), last_count_write: BTreeMap::new() };
+    let writer = Writer {
+        api: Api::all(client),
+        cache: accounts,
+        metrics,
+        counts: BTreeMap::new(),
+        last_count_write: BTreeMap::new(),
+    };
     tokio::spawn(writer.run(rx));
     AccountWriter { tx }
 }
@@ -101,8 +118,16 @@ impl Writer {
             let mut next = first;
             loop {
                 match next.take() {
-                    Some(Message::Charge { account, task_uid, credits, done }) => {
-                        charges.entry(account).or_default().push((task_uid, credits, done));
+                    Some(Message::Charge {
+                        account,
+                        task_uid,
+                        credits,
+                        done,
+                    }) => {
+                        charges
+                            .entry(account)
+                            .or_default()
+                            .push((task_uid, credits, done));
                         batch += 1;
                     }
                     Some(Message::Counts(counts)) => self.counts = counts,
@@ -146,28 +171,26 @@ impl Writer {
     }
 
     async fn try_charge(&mut self, account: &str, pending: &[PendingCharge]) -> Result<()> {
-        let charge_err = |source| Error::Charge { account: account.into(), source };
+        let charge_err = |source| Error::Charge {
+            account: account.into(),
+            source,
+        };
         let mut current = self.api.get(account).await.map_err(charge_err)?;
         let mut status = current.status.clone().unwrap_or_default();
-        let mut added = 0i64;
-        let mut charged = 0u64;
-        for (uid, credits, _) in pending {
-            if status.recent_charges.iter().any(|u| u == uid) {
-                continue;
-            }
-            added += credits;
-            charged += 1;
-            status.recent_charges.push(uid.clone());
-        }
+        let charges: Vec<(String, i64)> = pending
+            .iter()
+            .map(|(uid, credits, _)| (uid.clone(), *credits))
+            .collect();
+        let (added, charged) = apply_charges(&mut status, &charges, RECENT_CHARGES);
         if charged == 0 {
             return Ok(());
         }
-        let overflow = status.recent_charges.len().saturating_sub(RECENT_CHARGES);
-        status.recent_charges.drain(..overflow);
-        status.credits_used += added;
         self.fill(&current, &mut status);
         current.status = Some(status);
-        self.api.replace_status(account, &PostParams::default(), &current).await.map_err(charge_err)?;
+        self.api
+            .replace_status(account, &PostParams::default(), &current)
+            .await
+            .map_err(charge_err)?;
         self.last_count_write.insert(account.into(), Instant::now());
         self.metrics.charges.inc_by(charged);
         self.metrics.credits_charged.inc_by(added.max(0) as u64);
@@ -177,7 +200,11 @@ impl Writer {
 
     /// Balance, counts and observed generation, derived from the spec and the latest counts.
     fn fill(&self, account: &GpuAccount, status: &mut GpuAccountStatus) {
-        let counts = self.counts.get(&account.name_any()).copied().unwrap_or_default();
+        let counts = self
+            .counts
+            .get(&account.name_any())
+            .copied()
+            .unwrap_or_default();
         status.balance = account.spec.credits - status.credits_used;
         status.running = counts.running;
         status.queued = counts.queued;
@@ -189,7 +216,11 @@ impl Writer {
     async fn write_counts(&mut self) {
         for account in self.cache.state() {
             let name = account.name_any();
-            if self.last_count_write.get(&name).is_some_and(|t| t.elapsed() < COUNTS_INTERVAL) {
+            if self
+                .last_count_write
+                .get(&name)
+                .is_some_and(|t| t.elapsed() < COUNTS_INTERVAL)
+            {
                 continue;
             }
             let current = account.status.clone().unwrap_or_default();
@@ -200,12 +231,18 @@ impl Writer {
             }
             let mut updated = (*account).clone();
             updated.status = Some(desired);
-            match self.api.replace_status(&name, &PostParams::default(), &updated).await {
+            match self
+                .api
+                .replace_status(&name, &PostParams::default(), &updated)
+                .await
+            {
                 Ok(_) => {
                     self.last_count_write.insert(name, Instant::now());
                 }
                 Err(e) if is_status(&e, 409) || is_status(&e, 404) => {}
-                Err(error) => tracing::warn!(account = name, %error, "writing account status failed"),
+                Err(error) => {
+                    tracing::warn!(account = name, %error, "writing account status failed")
+                }
             }
         }
     }

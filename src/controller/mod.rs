@@ -61,7 +61,10 @@ impl Config {
     /// The token a task's workload presents to the progress callback.
     pub fn progress_token(&self, task: &GpuTask) -> Option<String> {
         let key = self.callback_key.as_ref()?;
-        Some(crate::domain::progress_token(key, task.metadata.uid.as_deref().unwrap_or_default()))
+        Some(crate::domain::progress_token(
+            key,
+            task.metadata.uid.as_deref().unwrap_or_default(),
+        ))
     }
 }
 
@@ -81,9 +84,16 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let changed = Arc::new(Notify::new());
     let (caches, subscriptions, _reflectors) = caches::start(client.clone(), changed.clone());
     let ready = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
+    let server = tokio::spawn(server::serve(
+        config.metrics_addr,
+        metrics.clone(),
+        ready.clone(),
+    ));
 
-    caches.wait_until_ready().await.map_err(|e| anyhow::anyhow!("caches never filled: {e}"))?;
+    caches
+        .wait_until_ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("caches never filled: {e}"))?;
     ready.store(true, Ordering::SeqCst);
     tracing::info!("caches ready");
 
@@ -99,10 +109,20 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let identity = config.leader_election.as_ref().map(|l| l.identity.clone());
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: crate::resources::managers::CONTROLLER.into(), instance: identity },
+        Reporter {
+            controller: crate::resources::managers::CONTROLLER.into(),
+            instance: identity,
+        },
     );
     let accounts = accounts::start(client.clone(), caches.accounts.clone(), metrics.clone());
-    let ctx = Arc::new(Context { client, caches: caches.clone(), config: config.clone(), recorder, metrics, accounts });
+    let ctx = Arc::new(Context {
+        client,
+        caches: caches.clone(),
+        config: config.clone(),
+        recorder,
+        metrics,
+        accounts,
+    });
 
     let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone()).run(changed));
     let reconciler = Controller::for_shared_stream(subscriptions.tasks, caches.tasks.clone())
@@ -164,7 +184,11 @@ mod leader {
     }
 
     /// Waits until this replica holds the lease.
-    pub async fn acquire(client: Client, config: &LeaderElection, metrics: Arc<ControllerMetrics>) -> anyhow::Result<Lease> {
+    pub async fn acquire(
+        client: Client,
+        config: &LeaderElection,
+        metrics: Arc<ControllerMetrics>,
+    ) -> anyhow::Result<Lease> {
         let manager = LeaseManagerBuilder::new(client, &config.lease_name)
             .with_namespace(&config.lease_namespace)
             .with_identity(&config.identity)
@@ -190,5 +214,9 @@ mod leader {
 
 /// Prints a short summary of a task for logs.
 pub fn describe(task: &GpuTask) -> String {
-    format!("{}/{}", task.namespace().unwrap_or_default(), task.name_any())
+    format!(
+        "{}/{}",
+        task.namespace().unwrap_or_default(),
+        task.name_any()
+    )
 }

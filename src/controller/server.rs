@@ -18,7 +18,11 @@ struct AppState {
     ready: Arc<AtomicBool>,
 }
 
-pub async fn serve(addr: SocketAddr, metrics: Arc<ControllerMetrics>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<ControllerMetrics>,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
@@ -31,7 +35,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<ControllerMetrics>, ready: Arc
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], encode(&state.metrics.registry))
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        encode(&state.metrics.registry),
+    )
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

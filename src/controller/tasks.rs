@@ -23,23 +23,41 @@ pub async fn reconcile(task: Arc<GpuTask>, ctx: Arc<Context>) -> Result<Action> 
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&task, &ctx).await;
-    ctx.metrics.reconcile_duration.with_label_values(&[] as &[&str]).observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[] as &[&str])
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
 pub fn error_policy(_task: Arc<GpuTask>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&[error.category()]).inc();
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[error.category()])
+        .inc();
     if !matches!(error, Error::Kube(kube::Error::Api(s)) if s.code == 409) {
         tracing::warn!(%error, "reconcile failed");
     }
-    Action::requeue(Duration::from_secs(if error.category() == "conflict" { 1 } else { 5 }))
+    Action::requeue(Duration::from_secs(if error.category() == "conflict" {
+        1
+    } else {
+        5
+    }))
 }
 
 async fn reconcile_inner(task: &GpuTask, ctx: &Context) -> Result<Action> {
     let namespace = task.namespace().unwrap_or_default();
     let pod = ctx.caches.current_pod(task);
-    let max_retries = ctx.caches.template(&namespace, &task.spec.template_ref.name).map(|t| t.spec.max_retries);
-    let view = TaskView { task, max_retries, pod: pod.as_deref(), now: Timestamp::now() };
+    let max_retries = ctx
+        .caches
+        .template(&namespace, &task.spec.template_ref.name)
+        .map(|t| t.spec.max_retries);
+    let view = TaskView {
+        task,
+        max_retries,
+        pod: pod.as_deref(),
+        now: Timestamp::now(),
+    };
     let plan = lifecycle::plan(view, &ctx.config.lifecycle);
     apply(task, pod.as_deref(), plan, ctx).await
 }
@@ -57,7 +75,13 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
             .and_then(|s| s.account.clone())
             .or_else(|| pod.and_then(|p| p.labels().get(labels::ACCOUNT).cloned()))
             .ok_or_else(|| Error::NoAccount(format!("{namespace}/{name}")))?;
-        ctx.accounts.charge(&account, task.metadata.uid.as_deref().unwrap_or_default(), credits).await?;
+        ctx.accounts
+            .charge(
+                &account,
+                task.metadata.uid.as_deref().unwrap_or_default(),
+                credits,
+            )
+            .await?;
     }
 
     if let Some(status) = &plan.status {
@@ -65,24 +89,13 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
         observe_transition(ctx, task, status);
     }
 
-    if let Some(pod) = pod {
-        let pod_name = pod.name_any();
-        if plan.delete_pod {
-            let params = DeleteParams { preconditions: uid_precondition(pod), ..DeleteParams::background() };
-            match pods.delete(&pod_name, &params).await {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if plan.release_pod {
-            release(&pods, pod).await?;
-        }
-    }
-
     if let Some(event) = plan.event {
         let event = Event {
-            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: event.reason.into(),
             note: Some(event.note),
             action: "Reconcile".into(),
@@ -93,8 +106,31 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
         }
     }
 
+    if let Some(pod) = pod {
+        let pod_name = pod.name_any();
+        // Released before it is deleted: the delete would change the
+        // resourceVersion that the release is conditioned on.
+        if plan.release_pod {
+            release(&pods, pod).await?;
+        }
+        if plan.delete_pod {
+            let params = DeleteParams {
+                preconditions: uid_precondition(pod),
+                ..DeleteParams::background()
+            };
+            match pods.delete(&pod_name, &params).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     if plan.delete_task {
-        let params = DeleteParams { preconditions: uid_precondition(task), ..DeleteParams::background() };
+        let params = DeleteParams {
+            preconditions: uid_precondition(task),
+            ..DeleteParams::background()
+        };
         match tasks.delete(&name, &params).await {
             Ok(_) => tracing::info!("deleted finished task after its TTL"),
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
@@ -111,7 +147,11 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
 
 /// Writes a task's whole status with server-side apply, only if the task is
 /// still at the version the decision was made from.
-pub async fn write_status(api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskStatus) -> Result<GpuTask> {
+pub async fn write_status(
+    api: &Api<GpuTask>,
+    task: &GpuTask,
+    status: &GpuTaskStatus,
+) -> Result<GpuTask> {
     let patch = json!({
         "apiVersion": GpuTask::api_version(&()),
         "kind": GpuTask::kind(&()),
@@ -119,15 +159,28 @@ pub async fn write_status(api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskSt
         "status": status,
     });
     let params = PatchParams::apply(managers::CONTROLLER).force();
-    Ok(api.patch_status(&task.name_any(), &params, &Patch::Apply(&patch)).await?)
+    Ok(api
+        .patch_status(&task.name_any(), &params, &Patch::Apply(&patch))
+        .await?)
 }
 
 /// Removes runplane's finalizer from a pod, leaving any others.
 async fn release(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
-    let remaining: Vec<String> =
-        pod.finalizers().iter().filter(|f| *f != labels::ACCOUNTING_FINALIZER).cloned().collect();
+    let remaining: Vec<String> = pod
+        .finalizers()
+        .iter()
+        .filter(|f| *f != labels::ACCOUNTING_FINALIZER)
+        .cloned()
+        .collect();
     let patch = json!({ "metadata": { "resourceVersion": pod.resource_version(), "finalizers": remaining } });
-    match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match pods
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(e.into()),
@@ -135,7 +188,10 @@ async fn release(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
 }
 
 fn uid_precondition<K: Resource>(obj: &K) -> Option<Preconditions> {
-    Some(Preconditions { uid: obj.meta().uid.clone(), resource_version: None })
+    Some(Preconditions {
+        uid: obj.meta().uid.clone(),
+        resource_version: None,
+    })
 }
 
 fn observe_transition(ctx: &Context, task: &GpuTask, status: &GpuTaskStatus) {

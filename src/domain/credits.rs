@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::resources::Price;
+use crate::resources::{GpuAccountStatus, Price};
 
 /// The price frozen on a pod when it is created, so that editing or deleting
 /// the template later does not change what a running task costs.
@@ -18,7 +18,11 @@ pub struct FrozenPrice {
 
 impl FrozenPrice {
     pub fn new(price: &Price, gpus: i64) -> Self {
-        Self { per_run: price.per_run, per_gpu_second: price.per_gpu_second, gpus }
+        Self {
+            per_run: price.per_run,
+            per_gpu_second: price.per_gpu_second,
+            gpus,
+        }
     }
 }
 
@@ -37,6 +41,30 @@ pub fn charge(price: &FrozenPrice, started: Option<Timestamp>, ended: Timestamp)
     price.per_run.saturating_add(usage)
 }
 
+/// Adds charges to an account's status, each task at most once: a charge
+/// whose task UID is among the account's recent charges is skipped. Keeps
+/// the newest `keep` UIDs. Returns (credits added, tasks charged).
+pub fn apply_charges(
+    status: &mut GpuAccountStatus,
+    charges: &[(String, i64)],
+    keep: usize,
+) -> (i64, u64) {
+    let mut added = 0i64;
+    let mut charged = 0u64;
+    for (uid, credits) in charges {
+        if status.recent_charges.iter().any(|u| u == uid) {
+            continue;
+        }
+        added = added.saturating_add(*credits);
+        charged += 1;
+        status.recent_charges.push(uid.clone());
+    }
+    let overflow = status.recent_charges.len().saturating_sub(keep);
+    status.recent_charges.drain(..overflow);
+    status.credits_used = status.credits_used.saturating_add(added);
+    (added, charged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,23 +75,57 @@ mod tests {
 
     #[test]
     fn never_started_costs_nothing() {
-        let price = FrozenPrice { per_run: 10, per_gpu_second: 1.0, gpus: 2 };
+        let price = FrozenPrice {
+            per_run: 10,
+            per_gpu_second: 1.0,
+            gpus: 2,
+        };
         assert_eq!(charge(&price, None, ts(100)), 0);
     }
 
     #[test]
     fn per_run_plus_gpu_seconds_rounded_up() {
-        let price = FrozenPrice { per_run: 10, per_gpu_second: 0.25, gpus: 2 };
+        let price = FrozenPrice {
+            per_run: 10,
+            per_gpu_second: 0.25,
+            gpus: 2,
+        };
         // 2 GPUs × 5 s × 0.25 = 2.5 → 3
         assert_eq!(charge(&price, Some(ts(100)), ts(105)), 13);
         // exact values are not rounded up by float noise: 0.1 × 3 × 10 = 3
-        let price = FrozenPrice { per_run: 0, per_gpu_second: 0.1, gpus: 3 };
+        let price = FrozenPrice {
+            per_run: 0,
+            per_gpu_second: 0.1,
+            gpus: 3,
+        };
         assert_eq!(charge(&price, Some(ts(0)), ts(10)), 3);
     }
 
     #[test]
     fn clock_skew_never_refunds() {
-        let price = FrozenPrice { per_run: 4, per_gpu_second: 1.0, gpus: 1 };
+        let price = FrozenPrice {
+            per_run: 4,
+            per_gpu_second: 1.0,
+            gpus: 1,
+        };
         assert_eq!(charge(&price, Some(ts(100)), ts(90)), 4);
+    }
+
+    #[test]
+    fn a_task_is_charged_once_even_if_sent_twice() {
+        let mut status = GpuAccountStatus::default();
+        let first = apply_charges(&mut status, &[("a".into(), 5), ("b".into(), 7)], 16);
+        assert_eq!(first, (12, 2));
+        let again = apply_charges(&mut status, &[("a".into(), 5), ("c".into(), 1)], 16);
+        assert_eq!(again, (1, 1));
+        assert_eq!(status.credits_used, 13);
+    }
+
+    #[test]
+    fn remembers_only_the_newest_uids() {
+        let mut status = GpuAccountStatus::default();
+        let charges: Vec<_> = (0..10).map(|i| (format!("t{i}"), 1)).collect();
+        apply_charges(&mut status, &charges, 4);
+        assert_eq!(status.recent_charges, vec!["t6", "t7", "t8", "t9"]);
     }
 }

@@ -22,12 +22,18 @@ impl InputSchema {
         if !input.is_object() {
             return Err("input must be a JSON object".into());
         }
-        let Some(validator) = &self.0 else { return Ok(()) };
+        let Some(validator) = &self.0 else {
+            return Ok(());
+        };
         match validator.iter_errors(input).next() {
             None => Ok(()),
             Some(error) => {
                 let pointer = error.instance_path().to_string();
-                let path: String = pointer.split('/').filter(|s| !s.is_empty()).map(|s| format!(".{s}")).collect();
+                let path: String = pointer
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| format!(".{s}"))
+                    .collect();
                 Err(format!("input{path}: {error}"))
             }
         }
@@ -47,7 +53,9 @@ mod tests {
         }});
         let schema = InputSchema::compile(Some(&schema)).unwrap();
         assert!(schema.check(&json!({"prompt": "a long prompt"})).is_ok());
-        let err = schema.check(&json!({"prompt": "a long prompt", "style": "x"})).unwrap_err();
+        let err = schema
+            .check(&json!({"prompt": "a long prompt", "style": "x"}))
+            .unwrap_err();
         assert!(err.starts_with("input.style:"), "{err}");
         let err = schema.check(&json!({})).unwrap_err();
         assert!(err.contains("prompt"), "{err}");

@@ -1,6 +1,6 @@
 //! A task's life after admission: what its pod says about it, and what the
 //! controller must do next. [`plan`] is pure; the controller applies its
-//! result in order: charge, write status, delete pod, release pod, delete task.
+//! result in order: charge, write status, release pod, delete pod, delete task.
 //!
 //! It decides nothing about queued tasks without a pod (that is admission)
 //! and never talks to the API server.
@@ -137,8 +137,16 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
         .unwrap_or(0);
     next.attempts = Some(current.attempts.unwrap_or(0).max(attempt + 1));
     next.pod_name = pod.metadata.name.clone();
-    next.account = pod.metadata.labels.as_ref().and_then(|l| l.get(labels::ACCOUNT)).cloned().or(next.account);
-    next.gpus = Some(frozen_price(pod).gpus as i32).filter(|g| *g > 0).or(next.gpus);
+    next.account = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::ACCOUNT))
+        .cloned()
+        .or(next.account);
+    next.gpus = Some(frozen_price(pod).gpus as i32)
+        .filter(|g| *g > 0)
+        .or(next.gpus);
     if next.admitted_at.is_none() {
         next.admitted_at = pod.metadata.creation_timestamp.clone();
     }
@@ -148,7 +156,11 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
     }
 
     let deleting = pod.metadata.deletion_timestamp.is_some();
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
     let mut out = Plan::default();
 
     // A requested cancel wins over whatever the pod is doing.
@@ -158,8 +170,18 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             out.status = changed(&current, next);
             return out;
         }
-        let ended = pod_ended(pod).or_else(|| deletion_requested_at(pod)).unwrap_or(view.now);
-        return finish(out, &current, next, pod, TaskPhase::Canceled, Finish::canceled(), ended);
+        let ended = pod_ended(pod)
+            .or_else(|| deletion_requested_at(pod))
+            .unwrap_or(view.now);
+        return finish(
+            out,
+            &current,
+            next,
+            pod,
+            TaskPhase::Canceled,
+            Finish::canceled(),
+            ended,
+        );
     }
 
     match phase {
@@ -168,7 +190,15 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             let output = parse_output(termination_message(pod).as_deref());
             next.output = Some(output);
             next.progress = Some(100);
-            finish(out, &current, next, pod, TaskPhase::Completed, Finish::completed(), ended)
+            finish(
+                out,
+                &current,
+                next,
+                pod,
+                TaskPhase::Completed,
+                Finish::completed(),
+                ended,
+            )
         }
         "Failed" => {
             let ended = pod_ended(pod).unwrap_or(view.now);
@@ -183,23 +213,46 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
         }
         "Running" => {
             let started_at = next.started_at.as_ref().map(|t| t.0).unwrap_or(view.now);
-            let timeout = SignedDuration::from_secs(view.task.spec.timeout_seconds.unwrap_or_else(|| {
-                pod.spec.as_ref().and_then(|s| s.active_deadline_seconds).unwrap_or(crate::resources::DEFAULT_TIMEOUT_SECONDS)
-            }));
+            let timeout =
+                SignedDuration::from_secs(view.task.spec.timeout_seconds.unwrap_or_else(|| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.active_deadline_seconds)
+                        .unwrap_or(crate::resources::DEFAULT_TIMEOUT_SECONDS)
+                }));
             let hard_stop = started_at + timeout + config.timeout_grace;
             if view.now >= hard_stop {
                 out.delete_pod = true;
-                return fail(view, out, &current, next, pod, Failure::Deadline, view.now, config);
+                return fail(
+                    view,
+                    out,
+                    &current,
+                    next,
+                    pod,
+                    Failure::Deadline,
+                    view.now,
+                    config,
+                );
             }
             next.phase = Some(TaskPhase::Running);
             next.wait_reason = None;
             next.message = None;
             next.retry_at = None;
-            set_condition(&mut next, conditions::ADMITTED, true, "PodCreated", "the task's pod was created", view.now);
+            set_condition(
+                &mut next,
+                conditions::ADMITTED,
+                true,
+                "PodCreated",
+                "the task's pod was created",
+                view.now,
+            );
             if current.phase != Some(TaskPhase::Running) {
                 out.event = Some(TaskEvent {
                     reason: "Started",
-                    note: format!("pod {} is running", pod.metadata.name.as_deref().unwrap_or_default()),
+                    note: format!(
+                        "pod {} is running",
+                        pod.metadata.name.as_deref().unwrap_or_default()
+                    ),
                     warning: false,
                 });
             }
@@ -211,11 +264,11 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             // Pending: scheduling, pulling the image or starting the container.
             let admitted = next.admitted_at.as_ref().map(|t| t.0).unwrap_or(view.now);
             let deadline = admitted + config.start_deadline;
-            if let Some(failure) = start_failure(pod) {
-                if view.now >= deadline {
-                    out.delete_pod = true;
-                    return fail(view, out, &current, next, pod, failure, view.now, config);
-                }
+            if let Some(failure) = start_failure(pod)
+                && view.now >= deadline
+            {
+                out.delete_pod = true;
+                return fail(view, out, &current, next, pod, failure, view.now, config);
             }
             next.phase = Some(TaskPhase::Queued);
             next.wait_reason = Some(WaitReason::PodStarting);
@@ -224,15 +277,33 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
                 other => format!("{other:?}"),
             });
             next.retry_at = None;
-            set_condition(&mut next, conditions::ADMITTED, true, "PodCreated", "the task's pod was created", view.now);
-            if current.conditions.iter().all(|c| c.type_ != conditions::ADMITTED || c.status != "True") {
+            set_condition(
+                &mut next,
+                conditions::ADMITTED,
+                true,
+                "PodCreated",
+                "the task's pod was created",
+                view.now,
+            );
+            if current
+                .conditions
+                .iter()
+                .all(|c| c.type_ != conditions::ADMITTED || c.status != "True")
+            {
                 out.event = Some(TaskEvent {
                     reason: "Admitted",
-                    note: format!("created pod {}", pod.metadata.name.as_deref().unwrap_or_default()),
+                    note: format!(
+                        "created pod {}",
+                        pod.metadata.name.as_deref().unwrap_or_default()
+                    ),
                     warning: false,
                 });
             }
-            out.requeue_after = Some(deadline.duration_since(view.now).max(SignedDuration::from_secs(1)));
+            out.requeue_after = Some(
+                deadline
+                    .duration_since(view.now)
+                    .max(SignedDuration::from_secs(1)),
+            );
             out.status = changed(&current, next);
             out
         }
@@ -253,8 +324,19 @@ fn plan_without_pod(view: TaskView<'_>, current: &GpuTaskStatus) -> Plan {
         next.completed_at = Some(Time(view.now));
         next.credits_used = Some(0);
         next.message = Some("canceled before it started".into());
-        set_condition(&mut next, conditions::FINISHED, true, "Canceled", "canceled before it started", view.now);
-        out.event = Some(TaskEvent { reason: "Canceled", note: "canceled before it started".into(), warning: false });
+        set_condition(
+            &mut next,
+            conditions::FINISHED,
+            true,
+            "Canceled",
+            "canceled before it started",
+            view.now,
+        );
+        out.event = Some(TaskEvent {
+            reason: "Canceled",
+            note: "canceled before it started".into(),
+            warning: false,
+        });
         out.status = changed(current, next);
         return out;
     }
@@ -297,11 +379,21 @@ struct Finish {
 
 impl Finish {
     fn completed() -> Self {
-        Self { reason: "Completed", message: "the task completed".into(), code: None, warning: false }
+        Self {
+            reason: "Completed",
+            message: "the task completed".into(),
+            code: None,
+            warning: false,
+        }
     }
 
     fn canceled() -> Self {
-        Self { reason: "Canceled", message: "the task was canceled".into(), code: None, warning: false }
+        Self {
+            reason: "Canceled",
+            message: "the task was canceled".into(),
+            code: None,
+            warning: false,
+        }
     }
 }
 
@@ -321,14 +413,26 @@ fn finish(
     next.wait_reason = None;
     next.retry_at = None;
     next.completed_at = Some(Time(ended));
-    next.processing_time = started.map(|s| (credits::run_seconds(s, ended) * 1000.0).round() / 1000.0);
+    next.processing_time =
+        started.map(|s| (credits::run_seconds(s, ended) * 1000.0).round() / 1000.0);
     next.credits_used = Some(credits);
     next.error_code = how.code;
     next.error_message = how.code.map(|_| how.message.clone());
     next.message = Some(how.message.clone());
-    set_condition(&mut next, conditions::FINISHED, true, how.reason, &how.message, ended);
+    set_condition(
+        &mut next,
+        conditions::FINISHED,
+        true,
+        how.reason,
+        &how.message,
+        ended,
+    );
     out.charge = (credits > 0).then_some(credits);
-    out.event = Some(TaskEvent { reason: how.reason, note: how.message, warning: how.warning });
+    out.event = Some(TaskEvent {
+        reason: how.reason,
+        note: how.message,
+        warning: how.warning,
+    });
     if pod.metadata.deletion_timestamp.is_none() {
         out.delete_pod = true;
     }
@@ -349,10 +453,31 @@ fn fail(
     config: &LifecycleConfig,
 ) -> Plan {
     match failure {
-        Failure::Infrastructure(_) => retry_or_fail(view, out, current, next, failure, ended, Some((pod, config))),
+        Failure::Infrastructure(_) => retry_or_fail(
+            view,
+            out,
+            current,
+            next,
+            failure,
+            ended,
+            Some((pod, config)),
+        ),
         failure => {
             let (code, message) = describe(&failure, view, pod);
-            finish(out, current, next, pod, TaskPhase::Failed, Finish { reason: "Failed", message, code: Some(code), warning: true }, ended)
+            finish(
+                out,
+                current,
+                next,
+                pod,
+                TaskPhase::Failed,
+                Finish {
+                    reason: "Failed",
+                    message,
+                    code: Some(code),
+                    warning: true,
+                },
+                ended,
+            )
         }
     }
 }
@@ -370,10 +495,14 @@ fn retry_or_fail(
 ) -> Plan {
     let attempts = next.attempts.unwrap_or(1);
     let max_retries = view.max_retries.unwrap_or(0);
-    let Failure::Infrastructure(why) = &failure else { unreachable!("only infrastructure failures retry") };
+    let Failure::Infrastructure(why) = &failure else {
+        unreachable!("only infrastructure failures retry")
+    };
     if attempts <= max_retries {
         let config = pod.map(|(_, c)| c.clone()).unwrap_or_default();
-        let factor = 2i32.saturating_pow(u32::try_from(attempts - 1).unwrap_or(0)).min(1 << 16);
+        let factor = 2i32
+            .saturating_pow(u32::try_from(attempts - 1).unwrap_or(0))
+            .min(1 << 16);
         let delay = (config.retry_backoff * factor).min(config.retry_backoff_max);
         next.phase = Some(TaskPhase::Queued);
         next.wait_reason = Some(WaitReason::RetryBackoff);
@@ -382,7 +511,14 @@ fn retry_or_fail(
         next.pod_name = None;
         next.started_at = None;
         next.admitted_at = None;
-        set_condition(&mut next, conditions::ADMITTED, false, "Retrying", why, view.now);
+        set_condition(
+            &mut next,
+            conditions::ADMITTED,
+            false,
+            "Retrying",
+            why,
+            view.now,
+        );
         out.event = Some(TaskEvent {
             reason: "Retrying",
             note: format!("attempt {attempts} of {} failed: {why}", max_retries + 1),
@@ -396,7 +532,10 @@ fn retry_or_fail(
         out.status = changed(current, next);
         return out;
     }
-    let message = format!("{why} (after {attempts} attempt{})", if attempts == 1 { "" } else { "s" });
+    let message = format!(
+        "{why} (after {attempts} attempt{})",
+        if attempts == 1 { "" } else { "s" }
+    );
     match pod {
         Some((pod, _)) => finish(
             out,
@@ -404,7 +543,12 @@ fn retry_or_fail(
             next,
             pod,
             TaskPhase::Failed,
-            Finish { reason: "Failed", message, code: Some(codes::INTERNAL), warning: true },
+            Finish {
+                reason: "Failed",
+                message,
+                code: Some(codes::INTERNAL),
+                warning: true,
+            },
             ended,
         ),
         None => {
@@ -414,8 +558,19 @@ fn retry_or_fail(
             next.error_code = Some(codes::INTERNAL);
             next.error_message = Some(message.clone());
             next.message = Some(message.clone());
-            set_condition(&mut next, conditions::FINISHED, true, "Failed", &message, ended);
-            out.event = Some(TaskEvent { reason: "Failed", note: message, warning: true });
+            set_condition(
+                &mut next,
+                conditions::FINISHED,
+                true,
+                "Failed",
+                &message,
+                ended,
+            );
+            out.event = Some(TaskEvent {
+                reason: "Failed",
+                note: message,
+                warning: true,
+            });
             out.status = changed(current, next);
             out
         }
@@ -431,7 +586,10 @@ fn describe(failure: &Failure, view: TaskView<'_>, pod: &Pod) -> (i32, String) {
                 .timeout_seconds
                 .or_else(|| pod.spec.as_ref().and_then(|s| s.active_deadline_seconds))
                 .unwrap_or_default();
-            (codes::TIMEOUT, format!("Task execution timeout: ran longer than {limit} s"))
+            (
+                codes::TIMEOUT,
+                format!("Task execution timeout: ran longer than {limit} s"),
+            )
         }
         Failure::Workload(message) => (codes::INTERNAL, message.clone()),
         Failure::CannotStart { code, message } => (*code, message.clone()),
@@ -447,7 +605,9 @@ fn classify_failure(pod: &Pod) -> Failure {
     }
     if INFRASTRUCTURE_REASONS.contains(&reason) || reason.starts_with("OutOf") {
         let detail = status.and_then(|s| s.message.clone()).unwrap_or_default();
-        return Failure::Infrastructure(format!("pod failed: {reason} {detail}").trim().to_string());
+        return Failure::Infrastructure(
+            format!("pod failed: {reason} {detail}").trim().to_string(),
+        );
     }
     match terminated(pod) {
         Some((code, message)) => {
@@ -457,7 +617,11 @@ fn classify_failure(pod: &Pod) -> Failure {
                 None => format!("exit code {code}"),
             })
         }
-        None => Failure::Workload(format!("pod failed: {reason}").trim_end_matches(": ").to_string()),
+        None => Failure::Workload(
+            format!("pod failed: {reason}")
+                .trim_end_matches(": ")
+                .to_string(),
+        ),
     }
 }
 
@@ -471,17 +635,27 @@ fn start_failure(pod: &Pod) -> Option<Failure> {
                 let detail = waiting.message.as_deref().unwrap_or_default();
                 return Some(Failure::CannotStart {
                     code: codes::INTERNAL,
-                    message: format!("container cannot start: {reason} {detail}").trim().to_string(),
+                    message: format!("container cannot start: {reason} {detail}")
+                        .trim()
+                        .to_string(),
                 });
             }
         }
     }
     let unschedulable = status.conditions.iter().flatten().find(|c| {
-        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
     })?;
     Some(Failure::CannotStart {
         code: codes::GPU_UNAVAILABLE,
-        message: format!("GPU unavailable: {}", unschedulable.message.as_deref().unwrap_or("no node fits the pod")),
+        message: format!(
+            "GPU unavailable: {}",
+            unschedulable
+                .message
+                .as_deref()
+                .unwrap_or("no node fits the pod")
+        ),
     })
 }
 
@@ -509,10 +683,16 @@ fn termination_message(pod: &Pod) -> Option<String> {
 /// When the workload started: its container's start, else the pod's.
 fn pod_started(pod: &Pod) -> Option<Timestamp> {
     let state = main_state(pod);
-    if let Some(t) = state.and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.as_ref()) {
+    if let Some(t) = state
+        .and_then(|s| s.running.as_ref())
+        .and_then(|r| r.started_at.as_ref())
+    {
         return Some(t.0);
     }
-    if let Some(t) = state.and_then(|s| s.terminated.as_ref()).and_then(|t| t.started_at.as_ref()) {
+    if let Some(t) = state
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.started_at.as_ref())
+    {
         return Some(t.0);
     }
     let phase = pod.status.as_ref()?.phase.as_deref()?;
@@ -526,7 +706,12 @@ fn pod_started(pod: &Pod) -> Option<Timestamp> {
 }
 
 fn pod_ended(pod: &Pod) -> Option<Timestamp> {
-    main_state(pod)?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0)
+    main_state(pod)?
+        .terminated
+        .as_ref()?
+        .finished_at
+        .as_ref()
+        .map(|t| t.0)
 }
 
 /// When the pod's deletion was requested (its deletion timestamp less the grace period).
@@ -537,7 +722,11 @@ fn deletion_requested_at(pod: &Pod) -> Option<Timestamp> {
 }
 
 fn has_finalizer(pod: &Pod) -> bool {
-    pod.metadata.finalizers.iter().flatten().any(|f| f == labels::ACCOUNTING_FINALIZER)
+    pod.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == labels::ACCOUNTING_FINALIZER)
 }
 
 /// The workload's termination message as output: a JSON object as is,
@@ -561,7 +750,14 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Sets a condition, moving lastTransitionTime only when its status changes.
-pub fn set_condition(status: &mut GpuTaskStatus, type_: &str, value: bool, reason: &str, message: &str, now: Timestamp) {
+pub fn set_condition(
+    status: &mut GpuTaskStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
     let value = if value { "True" } else { "False" };
     let generation = status.observed_generation;
     match status.conditions.iter_mut().find(|c| c.type_ == type_) {
@@ -587,4 +783,276 @@ pub fn set_condition(status: &mut GpuTaskStatus, type_: &str, value: bool, reaso
 
 fn changed(current: &GpuTaskStatus, next: GpuTaskStatus) -> Option<GpuTaskStatus> {
     (current != &next).then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::*;
+
+    fn run(task: &GpuTask, pod: Option<&Pod>, now: i64) -> Plan {
+        plan(
+            TaskView {
+                task,
+                max_retries: Some(1),
+                pod,
+                now: ts(now),
+            },
+            &LifecycleConfig::default(),
+        )
+    }
+
+    fn admitted(task: GpuTask) -> GpuTask {
+        crate::fixtures::TaskBuilder::from(task)
+            .status(|s| {
+                s.phase = Some(TaskPhase::Queued);
+                s.pod_name = Some("t".into());
+                s.attempts = Some(1);
+                s.admitted_at = Some(Time(ts(1)));
+            })
+            .build()
+    }
+
+    #[test]
+    fn pending_pod_is_recorded_as_admitted_once() {
+        let t = task("t").build();
+        let pod = pod_for(&t, 0).build();
+        let p = run(&t, Some(&pod), 2);
+        let status = p.status.clone().expect("first sight of the pod is written");
+        assert_eq!(status.phase, Some(TaskPhase::Queued));
+        assert_eq!(status.wait_reason, Some(WaitReason::PodStarting));
+        assert_eq!(status.pod_name.as_deref(), Some("t"));
+        assert_eq!(status.attempts, Some(1));
+        assert_eq!(status.gpus, Some(2));
+        assert_eq!(p.event.as_ref().map(|e| e.reason), Some("Admitted"));
+        // Nothing changes on the next look: no write.
+        let mut t2 = t.clone();
+        t2.status = Some(status);
+        assert_eq!(run(&t2, Some(&pod), 3).status, None);
+    }
+
+    #[test]
+    fn running_pod_sets_started_at_and_requeues_for_the_hard_stop() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0).running(5).build();
+        let p = run(&t, Some(&pod), 6);
+        let status = p.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Running));
+        assert_eq!(status.started_at, Some(Time(ts(5))));
+        assert_eq!(status.wait_reason, None);
+        // timeout 60 s + grace 60 s from the start at 5, seen at 6
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(119)));
+        assert!(!p.delete_pod && p.charge.is_none());
+    }
+
+    #[test]
+    fn succeeded_pod_completes_with_output_and_one_charge() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0)
+            .succeeded(5, 15, r#"{"result_url": "https://x/y.png"}"#)
+            .build();
+        let p = run(&t, Some(&pod), 16);
+        let status = p.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Completed));
+        assert_eq!(
+            status.output,
+            Some(serde_json::json!({"result_url": "https://x/y.png"}))
+        );
+        assert_eq!(status.processing_time, Some(10.0));
+        // 10 per run + 0.5 × 2 GPUs × 10 s
+        assert_eq!(status.credits_used, Some(20));
+        assert_eq!(p.charge, Some(20));
+        assert_eq!(status.completed_at, Some(Time(ts(15))));
+        assert!(p.release_pod && p.delete_pod);
+        assert_eq!(
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Finished")
+                .unwrap()
+                .reason,
+            "Completed"
+        );
+    }
+
+    #[test]
+    fn non_json_output_becomes_text() {
+        assert_eq!(
+            parse_output(Some("done: 3 images")),
+            serde_json::json!({"text": "done: 3 images"})
+        );
+        assert_eq!(
+            parse_output(Some("[1,2]")),
+            serde_json::json!({"text": "[1,2]"})
+        );
+        assert_eq!(parse_output(None), serde_json::json!({}));
+    }
+
+    #[test]
+    fn deadline_exceeded_is_a_timeout() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0)
+            .failed(Some("DeadlineExceeded"), 137, 5, 65, "")
+            .build();
+        let status = run(&t, Some(&pod), 66).status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Failed));
+        assert_eq!(status.error_code, Some(codes::TIMEOUT));
+    }
+
+    #[test]
+    fn controller_stops_a_pod_running_past_timeout_and_grace() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0).running(5).build();
+        let p = run(&t, Some(&pod), 5 + 60 + 60);
+        assert!(p.delete_pod);
+        assert_eq!(p.status.unwrap().error_code, Some(codes::TIMEOUT));
+    }
+
+    #[test]
+    fn workload_failure_is_not_retried_and_keeps_its_message() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0)
+            .failed(None, 3, 5, 9, "CUDA out of memory")
+            .build();
+        let p = run(&t, Some(&pod), 10);
+        let status = p.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Failed));
+        assert_eq!(status.error_code, Some(codes::INTERNAL));
+        assert_eq!(
+            status.error_message.as_deref(),
+            Some("exit code 3: CUDA out of memory")
+        );
+        assert_eq!(p.charge, Some(10 + 4), "a run that started is charged");
+    }
+
+    #[test]
+    fn eviction_is_retried_uncharged_then_fails() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0)
+            .failed(Some("Evicted"), 137, 5, 9, "")
+            .build();
+        let p = run(&t, Some(&pod), 10);
+        let status = p.status.clone().unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Queued));
+        assert_eq!(status.wait_reason, Some(WaitReason::RetryBackoff));
+        assert_eq!(status.retry_at, Some(Time(ts(20))));
+        assert_eq!(status.pod_name, None);
+        assert_eq!(p.charge, None);
+        assert!(p.release_pod && p.delete_pod);
+
+        // Second attempt (max_retries = 1) fails for good.
+        let mut t2 = t.clone();
+        t2.status = Some(GpuTaskStatus {
+            pod_name: Some("t-retry-1".into()),
+            attempts: Some(2),
+            ..status
+        });
+        let pod2 = pod_for(&t2, 1)
+            .failed(Some("Evicted"), 137, 25, 30, "")
+            .build();
+        let p2 = run(&t2, Some(&pod2), 31);
+        let status2 = p2.status.unwrap();
+        assert_eq!(status2.phase, Some(TaskPhase::Failed));
+        assert!(status2.error_message.unwrap().contains("after 2 attempts"));
+    }
+
+    #[test]
+    fn pod_deleted_by_someone_else_is_an_infrastructure_failure() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0).running(5).deleting(8).build();
+        let status = run(&t, Some(&pod), 9).status.unwrap();
+        assert_eq!(status.wait_reason, Some(WaitReason::RetryBackoff));
+    }
+
+    #[test]
+    fn unschedulable_fails_with_gpu_unavailable_after_the_start_deadline() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0).unschedulable().build();
+        let early = run(&t, Some(&pod), 60);
+        assert_eq!(
+            early.status.as_ref().and_then(|s| s.phase),
+            Some(TaskPhase::Queued)
+        );
+        assert!(!early.delete_pod);
+        let late = run(&t, Some(&pod), 1 + 300);
+        assert!(late.delete_pod);
+        let status = late.status.unwrap();
+        assert_eq!(status.error_code, Some(codes::GPU_UNAVAILABLE));
+        assert_eq!(
+            late.charge, None,
+            "a task that never started is never charged"
+        );
+    }
+
+    #[test]
+    fn image_pull_errors_fail_fast_after_the_start_deadline() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0).waiting("ImagePullBackOff").build();
+        let status = run(&t, Some(&pod), 1 + 300).status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Failed));
+        assert!(status.error_message.unwrap().contains("ImagePullBackOff"));
+    }
+
+    #[test]
+    fn cancel_deletes_the_pod_then_charges_up_to_the_request() {
+        let t = crate::fixtures::TaskBuilder::from(admitted(task("t").build()))
+            .cancel()
+            .build();
+        let running = pod_for(&t, 0).running(5).build();
+        let first = run(&t, Some(&running), 10);
+        assert!(first.delete_pod);
+        assert_eq!(first.charge, None);
+        let deleting = pod_for(&t, 0).running(5).deleting(10).build();
+        let second = run(&t, Some(&deleting), 11);
+        let status = second.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Canceled));
+        // 10 + 0.5 × 2 × (10 − 5)
+        assert_eq!(second.charge, Some(15));
+        assert!(second.release_pod && !second.delete_pod);
+    }
+
+    #[test]
+    fn cancel_before_admission_costs_nothing() {
+        let t = task("t").cancel().build();
+        let p = run(&t, None, 3);
+        let status = p.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Canceled));
+        assert_eq!(status.credits_used, Some(0));
+        assert_eq!(p.charge, None);
+    }
+
+    #[test]
+    fn queued_task_without_pod_is_left_to_admission() {
+        let t = task("t").build();
+        assert_eq!(run(&t, None, 3), Plan::default());
+    }
+
+    #[test]
+    fn finished_task_releases_its_pod_and_expires_after_the_ttl() {
+        let t = task("t")
+            .status(|s| {
+                s.phase = Some(TaskPhase::Completed);
+                s.completed_at = Some(Time(ts(10)));
+            })
+            .build();
+        let pod = pod_for(&t, 0).succeeded(2, 10, "").build();
+        let p = run(&t, Some(&pod), 11);
+        assert!(p.release_pod && p.delete_pod && !p.delete_task);
+        assert_eq!(p.status, None);
+        assert_eq!(
+            p.requeue_after,
+            Some(SignedDuration::from_hours(24) - SignedDuration::from_secs(1))
+        );
+        assert!(run(&t, None, 10 + 24 * 3600).delete_task);
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_when_unchanged() {
+        let mut status = GpuTaskStatus::default();
+        set_condition(&mut status, "Admitted", true, "PodCreated", "m", ts(1));
+        set_condition(&mut status, "Admitted", true, "PodCreated", "m", ts(9));
+        assert_eq!(status.conditions[0].last_transition_time, Time(ts(1)));
+        set_condition(&mut status, "Admitted", false, "Retrying", "m", ts(9));
+        assert_eq!(status.conditions[0].last_transition_time, Time(ts(9)));
+    }
 }

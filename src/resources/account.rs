@@ -18,7 +18,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Balance", type_ = "integer", json_path = ".status.balance"),
     printcolumn(name = "Running", type_ = "integer", json_path = ".status.running"),
     printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queued"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new("self.plan != 'custom' || (has(self.limits) && has(self.limits.concurrentTasks) && has(self.limits.requestsPerMinute))").message("a custom plan needs limits.concurrentTasks and limits.requestsPerMinute"))]
 #[serde(rename_all = "camelCase")]
@@ -30,11 +34,16 @@ pub struct GpuAccountSpec {
     #[schemars(length(min = 3, max = 254))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[^@\\\\s]+@[^@\\\\s]+$')").message("must be an email address"))]
     pub email: Option<String>,
-    /// Namespaces whose GpuTasks run on this account.
+    /// Namespaces whose GpuTasks run on this account (each listed once).
     #[serde(default)]
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'))").message("each entry must be a namespace name"))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(n, self.exists_one(m, m == n))").message("namespaces must not repeat"))]
+    #[schemars(
+        length(max = 256),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub namespaces: Vec<String>,
     /// Overrides of the plan's limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]

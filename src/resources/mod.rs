@@ -11,6 +11,9 @@
 //! These types are the single source of the CRD YAML in `crds/`; nothing
 //! here talks to the API server.
 
+// `printcolumn(...)` repeats keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 mod account;
 mod schema;
 mod task;
@@ -70,7 +73,9 @@ pub mod codes {
 }
 
 /// Every CRD, in a stable order, as `runplane crds` prints and `crds/` holds them.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     vec![GpuAccount::crd(), GpuTemplate::crd(), GpuTask::crd()]
 }
 

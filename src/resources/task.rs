@@ -16,12 +16,30 @@ use serde::{Deserialize, Serialize};
     status = "GpuTaskStatus",
     doc = "One run of a GpuTemplate with a JSON input, queued and run on GPUs.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Template", type_ = "string", json_path = ".spec.templateRef.name"),
+    printcolumn(
+        name = "Template",
+        type_ = "string",
+        json_path = ".spec.templateRef.name"
+    ),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpus"),
     printcolumn(name = "Progress", type_ = "integer", json_path = ".status.progress"),
-    printcolumn(name = "Waiting", type_ = "string", json_path = ".status.waitReason", priority = 1),
-    printcolumn(name = "Credits", type_ = "integer", json_path = ".status.creditsUsed", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Waiting",
+        type_ = "string",
+        json_path = ".status.waitReason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Credits",
+        type_ = "integer",
+        json_path = ".status.creditsUsed",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     selectable = ".spec.templateRef.name",
     selectable = ".status.phase"
 )]
@@ -66,7 +84,19 @@ pub struct TemplateRef {
 }
 
 /// Where a task is in its life.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 pub enum TaskPhase {
     /// Waiting for admission or for its pod to start.
     Queued,
@@ -106,7 +136,13 @@ impl TaskPhase {
         }
     }
 
-    pub const ALL: [TaskPhase; 5] = [Self::Queued, Self::Running, Self::Completed, Self::Failed, Self::Canceled];
+    pub const ALL: [TaskPhase; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Canceled,
+    ];
 }
 
 /// Why a queued task has not been admitted.
@@ -224,6 +260,8 @@ impl GpuTask {
 
     /// Timeout of the task: its own override, else the template's.
     pub fn timeout_seconds(&self, template: &super::GpuTemplateSpec) -> i64 {
-        self.spec.timeout_seconds.unwrap_or(template.timeout_seconds)
+        self.spec
+            .timeout_seconds
+            .unwrap_or(template.timeout_seconds)
     }
 }

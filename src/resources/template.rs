@@ -23,8 +23,17 @@ pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
     doc = "A saved GPU compute template that GpuTasks run.",
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpus"),
-    printcolumn(name = "Timeout", type_ = "integer", json_path = ".spec.timeoutSeconds", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Timeout",
+        type_ = "integer",
+        json_path = ".spec.timeoutSeconds",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GpuTemplateSpec {
@@ -89,8 +98,14 @@ pub struct GpuTemplateSpec {
     pub price: Price,
     /// Names under which the gateway's /openapi/v2/{model}/{action} finds this template, as "model/action".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(a, a.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$'))").message("each alias must look like model/action"))]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 3, max = 201),
+            regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+        )
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub aliases: Vec<String>,
     /// Webhook URL for tasks that name none (http or https).
     #[serde(default, skip_serializing_if = "Option::is_none")]
