@@ -63,7 +63,7 @@ struct ControllerArgs {
     /// Extended resource name of GPUs, for templates that name none.
     #[arg(long, default_value = runplane::resources::DEFAULT_GPU_RESOURCE)]
     gpu_resource: String,
-    /// GPU quota: a number (for --gpu-resource) or RESOURCE=N, repeatable. Default: allocatable GPUs of Ready nodes.
+    /// GPU quota: a number (for --gpu-resource) or RESOURCE=N, repeatable; overrides the default, the allocatable GPUs of Ready nodes.
     #[arg(long = "gpu-quota", value_name = "[RESOURCE=]N")]
     gpu_quota: Vec<String>,
     /// How long an admitted pod may stay unschedulable or fail to start its container before the task fails.

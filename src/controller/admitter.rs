@@ -354,6 +354,9 @@ impl Admitter {
             self.written.clear();
         }
 
+        let live_uids: HashSet<String> = caches.tasks.state().iter().filter_map(|t| t.metadata.uid.clone()).collect();
+        super::tasks::reap_orphans(&ctx, &live_uids).await;
+
         // Usage for account status and metrics.
         let mut counts = BTreeMap::new();
         for account in caches.accounts.state() {
@@ -457,9 +460,6 @@ impl Admitter {
 
     /// GPU quota by resource: the flag's, else the allocatable GPUs of Ready, schedulable nodes.
     fn quota(&self, nodes: &[Arc<Node>]) -> BTreeMap<String, i64> {
-        if let Some(quota) = &self.ctx.config.gpu_quota {
-            return quota.clone();
-        }
         let mut quota = BTreeMap::new();
         for node in nodes {
             let ready = node
@@ -488,6 +488,10 @@ impl Admitter {
                     *quota.entry(name.clone()).or_default() += n;
                 }
             }
+        }
+        // The flag overrides what the nodes offer, resource by resource.
+        if let Some(fixed) = &self.ctx.config.gpu_quota {
+            quota.extend(fixed.iter().map(|(k, v)| (k.clone(), *v)));
         }
         quota
     }

@@ -208,3 +208,42 @@ fn observe_transition(ctx: &Context, task: &GpuTask, status: &GpuTaskStatus) {
         tracing::info!(phase = ?status.phase, "task moved");
     }
 }
+
+/// Pods whose task was deleted: charge what they ran (once, by the task's
+/// UID), then let them go. Garbage collection marks them deleting when the
+/// task goes; runplane's finalizer holds them until they are accounted.
+pub async fn reap_orphans(ctx: &Context, live_task_uids: &std::collections::HashSet<String>) {
+    for pod in ctx.caches.pods.state() {
+        if pod.metadata.deletion_timestamp.is_none() || !lifecycle::holds_finalizer(&pod) {
+            continue;
+        }
+        let Some(owner) = pod.owner_references().iter().find(|o| o.kind == "GpuTask").cloned() else { continue };
+        if live_task_uids.contains(&owner.uid) {
+            continue;
+        }
+        let namespace = pod.namespace().unwrap_or_default();
+        let tasks: Api<GpuTask> = Api::namespaced(ctx.client.clone(), &namespace);
+        // The cache may lag: only a task that is really gone makes an orphan.
+        match tasks.get_opt(&owner.name).await {
+            Ok(Some(task)) if task.metadata.uid.as_deref() == Some(owner.uid.as_str()) => continue,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, "checking a pod's task failed");
+                continue;
+            }
+        }
+        let credits = lifecycle::orphan_charge(&pod, Timestamp::now());
+        if credits > 0 {
+            let Some(account) = pod.labels().get(labels::ACCOUNT) else { continue };
+            if let Err(error) = ctx.accounts.charge(account, &owner.uid, credits).await {
+                tracing::warn!(%error, pod = %pod.name_any(), "charging a deleted task failed; will retry");
+                continue;
+            }
+        }
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        match release(&pods, &pod).await {
+            Ok(()) => tracing::info!(pod = %pod.name_any(), task = %owner.name, credits, "released the pod of a deleted task"),
+            Err(error) => tracing::debug!(%error, "releasing an orphaned pod failed; will retry"),
+        }
+    }
+}

@@ -729,6 +729,18 @@ fn has_finalizer(pod: &Pod) -> bool {
         .any(|f| f == labels::ACCOUNTING_FINALIZER)
 }
 
+/// Credits owed for the pod of a task that was deleted: its run up to its
+/// end, or up to when its deletion was requested.
+pub fn orphan_charge(pod: &Pod, now: Timestamp) -> i64 {
+    let ended = pod_ended(pod).or_else(|| deletion_requested_at(pod)).unwrap_or(now);
+    credits::charge(&frozen_price(pod), pod_started(pod), ended)
+}
+
+/// True while runplane's finalizer holds the pod.
+pub fn holds_finalizer(pod: &Pod) -> bool {
+    has_finalizer(pod)
+}
+
 /// The workload's termination message as output: a JSON object as is,
 /// anything else as `{"text": …}`.
 pub fn parse_output(message: Option<&str>) -> serde_json::Value {

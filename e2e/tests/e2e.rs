@@ -1,0 +1,448 @@
+//! End-to-end: the controller against the real local control plane
+//! (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kwok).
+//! Run with `make test` (which starts the cluster) or
+//! `cargo test --test e2e` with the cluster up.
+
+mod support;
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use runplane::resources::{TaskPhase, WaitReason, codes};
+use serde_json::json;
+use support::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn sample_from_deploy_examples_completes_with_output() {
+    let _cluster = serial();
+    sweep().await;
+    let controller = Controller::start(&[]).await;
+    let examples = repo().join("deploy/examples");
+    let (ok, out) = kubectl(&["apply", "-f", &path_str(&examples)], None);
+    assert!(ok, "kubectl apply of the examples: {out}");
+    let client = client().await;
+    let tasks: Api<runplane::resources::GpuTask> = Api::namespaced(client.clone(), "demo");
+    let task = wait_for("the sample task to complete", MINUTE, || {
+        let tasks = tasks.clone();
+        async move { tasks.get("portrait-1").await.ok().filter(|t| t.is_terminal()) }
+    })
+    .await;
+    let status = task.status.clone().unwrap();
+    assert_eq!(status.phase, Some(TaskPhase::Completed), "{status:?}");
+    assert_eq!(status.output.unwrap()["result_url"], "https://cdn.example.com/results/portrait.png");
+    assert!(status.credits_used.unwrap() >= 10);
+    assert!(status.processing_time.unwrap() >= 2.0);
+    let (ok, out) = kubectl(&["get", "gt", "-n", "demo"], None);
+    assert!(ok && out.contains("Completed") && out.contains("portrait-fix"), "{out}");
+    let (ok, out) = kubectl(&["describe", "gt", "-n", "demo", "portrait-1"], None);
+    assert!(ok && out.contains("Admitted") && out.contains("Completed"), "events tell the story: {out}");
+    let metrics = controller.metrics().await;
+    assert!(metrics.contains("runplane_tasks{phase=\"Completed\"}"), "{metrics}");
+    assert!(metrics.contains("runplane_admissions_total"), "{metrics}");
+    let (ok, out) = kubectl(&["delete", "-f", &path_str(&examples), "--wait=false"], None);
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("free", "free", 1000).await;
+    tenant.template("short", "2s", json!({})).await;
+    for i in 0..12 {
+        tenant.task(&format!("t{i}"), "short", json!({})).await;
+    }
+    let most = Cell::new(0);
+    let all_done = wait_for("12 tasks to finish", 2 * MINUTE, || {
+        let (tenant, most) = (&tenant, &most);
+        async move {
+            most.set(most.get().max(tenant.live_pods().await.len()));
+            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
+            tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
+        }
+    })
+    .await;
+    let most = most.get();
+    assert!(most <= 5, "{most} pods ran at once on a free account");
+    assert!(most >= 2, "tasks ran in parallel ({most})");
+    assert!(all_done.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    // Charged exactly once each: the account's total is the sum over tasks.
+    let total: i64 = all_done.iter().map(|t| t.status.as_ref().unwrap().credits_used.unwrap()).sum();
+    let account = wait_for("the account to record its charges", MINUTE, || async {
+        Some(tenant.account().await).filter(|a| a.credits_used() == total)
+    })
+    .await;
+    assert_eq!(account.balance(), 1000 - total);
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn cluster_gpu_quota_holds_across_two_accounts() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let nodes: Api<Node> = Api::all(client().await);
+    let quota: i64 = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("nvidia.com/gpu")?.0.parse::<i64>().ok())
+        .sum();
+    assert!(quota >= 16, "the fake nodes offer GPUs ({quota})");
+    let per_task = quota / 4; // four tasks fill the cluster
+    let a = Tenant::new("quota-a", "team", 100_000).await;
+    let b = Tenant::new("quota-b", "team", 100_000).await;
+    for tenant in [&a, &b] {
+        tenant.template("big", "3s", json!({"gpus": per_task})).await;
+        for i in 0..4 {
+            tenant.task(&format!("t{i}"), "big", json!({})).await;
+        }
+    }
+    let most_gpus = Cell::new(0);
+    let both_ran = Cell::new(false);
+    wait_for("8 big tasks to finish", 2 * MINUTE, || {
+        let (a, b, most_gpus, both_ran) = (&a, &b, &most_gpus, &both_ran);
+        async move {
+            let (pa, pb) = (a.live_pods().await, b.live_pods().await);
+            most_gpus.set(most_gpus.get().max((pa.len() + pb.len()) as i64 * per_task));
+            both_ran.set(both_ran.get() || (!pa.is_empty() && !pb.is_empty()));
+            let mut done = true;
+            for t in [a, b] {
+                done &= t.tasks().list(&ListParams::default()).await.ok()?.items.iter().all(|t| t.is_terminal());
+            }
+            done.then_some(())
+        }
+    })
+    .await;
+    let most_gpus = most_gpus.get();
+    assert!(most_gpus <= quota, "{most_gpus} GPUs in use > quota {quota}");
+    assert!(both_ran.get(), "both accounts ran at the same time (fair share)");
+    for tenant in [a, b] {
+        let tasks = tenant.tasks().list(&ListParams::default()).await.unwrap().items;
+        assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+        tenant.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_the_pod_and_charges_what_ran() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("cancel", "pro", 1000).await;
+    tenant.template("forever", "forever", json!({"price": {"perRun": 5, "perGpuSecond": 1}})).await;
+    tenant.task("long", "forever", json!({})).await;
+    tenant.wait_phase("long", TaskPhase::Running, MINUTE).await;
+    tenant.cancel("long").await;
+    let task = tenant.wait_phase("long", TaskPhase::Canceled, MINUTE).await;
+    assert!(task.status.unwrap().credits_used.unwrap() >= 5, "a started task is charged");
+    let pods = tenant.pods();
+    wait_for("the canceled task's pod to be gone", MINUTE, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("long").await.ok().filter(|p| p.is_none()).map(|_| ()) }
+    })
+    .await;
+    // Canceling a queued task: never started, never charged.
+    let queued = Tenant::with_spec("cancel-q", json!({"plan": "custom", "credits": 100, "limits": {"concurrentTasks": 0, "requestsPerMinute": 10}})).await;
+    queued.template("forever", "forever", json!({})).await;
+    queued.task("waiting", "forever", json!({})).await;
+    let t = wait_for("the task to wait on its account limit", MINUTE, || async {
+        Some(queued.get("waiting").await).filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::AccountLimit))
+    })
+    .await;
+    assert_eq!(t.phase(), Some(TaskPhase::Queued));
+    queued.cancel("waiting").await;
+    let t = queued.wait_phase("waiting", TaskPhase::Canceled, MINUTE).await;
+    assert_eq!(t.status.unwrap().credits_used, Some(0));
+    tenant.cleanup().await;
+    queued.cleanup().await;
+}
+
+#[tokio::test]
+async fn timeout_fails_with_50003() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("timeout", "pro", 1000).await;
+    tenant.template("slow", "forever", json!({"timeoutSeconds": 2})).await;
+    tenant.task("slow", "slow", json!({})).await;
+    let task = tenant.wait_phase("slow", TaskPhase::Failed, MINUTE).await;
+    let status = task.status.unwrap();
+    assert_eq!(status.error_code, Some(codes::TIMEOUT), "{status:?}");
+    assert!(status.error_message.unwrap().contains("timeout"));
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn failures_map_to_error_codes() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("fail", "pro", 1000).await;
+    // The workload exits non-zero: Failed with its message.
+    tenant
+        .template("crash", "1s", json!({"podMetadata": {"annotations": {"e2e.runplane.dev/exit-code": "3", "e2e.runplane.dev/message": "CUDA error: out of memory"}}}))
+        .await;
+    tenant.task("crash", "crash", json!({})).await;
+    // More GPUs than any node has: the real scheduler leaves it Pending → 50002.
+    tenant.template("huge", "1s", json!({"gpus": 9})).await;
+    tenant.task("huge", "huge", json!({})).await;
+    // The image cannot be pulled: fails fast after the start deadline.
+    tenant.template("badimage", "1s", json!({"podMetadata": {"annotations": {"e2e.runplane.dev/waiting-reason": "ImagePullBackOff"}}})).await;
+    tenant.task("badimage", "badimage", json!({})).await;
+    // Input that does not match the template's schema: 40005 without a pod.
+    tenant.template("strict", "1s", json!({"inputSchema": {"type": "object", "required": ["image_url"]}})).await;
+    tenant.task("bad-input", "strict", json!({})).await;
+
+    let crash = tenant.wait_phase("crash", TaskPhase::Failed, MINUTE).await.status.unwrap();
+    assert_eq!(crash.error_code, Some(codes::INTERNAL));
+    assert!(crash.error_message.unwrap().contains("out of memory"));
+    let huge = tenant.wait_phase("huge", TaskPhase::Failed, MINUTE).await.status.unwrap();
+    assert_eq!(huge.error_code, Some(codes::GPU_UNAVAILABLE), "{huge:?}");
+    assert_eq!(huge.credits_used, Some(0));
+    let bad = tenant.wait_phase("badimage", TaskPhase::Failed, MINUTE).await.status.unwrap();
+    assert!(bad.error_message.unwrap().contains("ImagePullBackOff"));
+    let input = tenant.wait_phase("bad-input", TaskPhase::Failed, MINUTE).await.status.unwrap();
+    assert_eq!(input.error_code, Some(codes::INVALID_INPUT));
+    assert!(input.error_message.unwrap().contains("image_url"));
+    assert!(tenant.pods().get_opt("bad-input").await.unwrap().is_none());
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_a_task_removes_its_pod_and_still_charges_it() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("delete", "pro", 1000).await;
+    tenant.template("forever", "forever", json!({"price": {"perRun": 7}})).await;
+    tenant.task("doomed", "forever", json!({})).await;
+    tenant.wait_phase("doomed", TaskPhase::Running, MINUTE).await;
+    tenant.tasks().delete("doomed", &DeleteParams::default()).await.unwrap();
+    let pods = tenant.pods();
+    wait_for("the deleted task's pod to be gone", MINUTE, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("doomed").await.ok().filter(|p| p.is_none()).map(|_| ()) }
+    })
+    .await;
+    let account = wait_for("the deleted task to be charged", MINUTE, || async {
+        Some(tenant.account().await).filter(|a| a.credits_used() >= 7)
+    })
+    .await;
+    assert_eq!(account.status.unwrap().recent_charges.len(), 1);
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn waiting_reasons_clear_when_the_cause_goes() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("wait", "pro", 0).await;
+    tenant.task("early", "later", json!({})).await;
+    let t = wait_for("TemplateNotFound", MINUTE, || async {
+        Some(tenant.get("early").await).filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::TemplateNotFound))
+    })
+    .await;
+    assert_eq!(t.phase(), Some(TaskPhase::Queued));
+    tenant.template("later", "1s", json!({"price": {"perRun": 10}})).await;
+    wait_for("InsufficientCredits", MINUTE, || async {
+        Some(tenant.get("early").await).filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::InsufficientCredits))
+    })
+    .await;
+    let (ok, out) = kubectl(&["patch", "gacct", &tenant.name, "--type=merge", "-p", r#"{"spec":{"credits":100}}"#], None);
+    assert!(ok, "{out}");
+    tenant.wait_phase("early", TaskPhase::Completed, MINUTE).await;
+    // A namespace no account owns.
+    let orphan_ns = format!("e2e-noacct-{:06x}", rand_u32() & 0xffffff);
+    let (ok, out) = kubectl(&["create", "namespace", &orphan_ns], None);
+    assert!(ok, "{out}");
+    kubectl(&["label", "namespace", &orphan_ns, "runplane.dev/e2e=true"], None);
+    let task = json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTask", "metadata": {"name": "x", "namespace": orphan_ns}, "spec": {"templateRef": {"name": "any"}}});
+    let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&task.to_string()));
+    assert!(ok, "{out}");
+    let tasks: Api<runplane::resources::GpuTask> = Api::namespaced(tenant.client.clone(), &orphan_ns);
+    wait_for("NoAccount", MINUTE, || {
+        let tasks = tasks.clone();
+        async move { tasks.get("x").await.ok().filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::NoAccount)) }
+    })
+    .await;
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
+    let _cluster = serial();
+    sweep().await;
+    let mut controller = Controller::start(&[]).await;
+    let tenant = Tenant::with_spec("restart", json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 3, "requestsPerMinute": 60}})).await;
+    tenant.template("work", "3s", json!({"price": {"perRun": 10, "perGpuSecond": 1}})).await;
+    for i in 0..9 {
+        tenant.task(&format!("t{i}"), "work", json!({})).await;
+    }
+    // Kill it while the first wave runs, then again a little later.
+    let most = Cell::new(0);
+    for round in 0..2 {
+        wait_for("tasks to be running", MINUTE, || {
+            let (tenant, most) = (&tenant, &most);
+            async move {
+                let live = tenant.live_pods().await.len();
+                most.set(most.get().max(live));
+                (live > 0).then_some(())
+            }
+        })
+        .await;
+        controller.kill9();
+        // While no controller runs, pods finish on their own.
+        tokio::time::sleep(Duration::from_millis(1500 + 1000 * round)).await;
+        controller.restart().await;
+    }
+    let tasks = wait_for("all 9 tasks to finish", 2 * MINUTE, || {
+        let (tenant, most) = (&tenant, &most);
+        async move {
+            most.set(most.get().max(tenant.live_pods().await.len()));
+            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
+            tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
+        }
+    })
+    .await;
+    let most = most.get();
+    assert!(most <= 3, "{most} pods at once with a limit of 3");
+    let mut total = 0;
+    for t in &tasks {
+        let s = t.status.as_ref().unwrap();
+        assert_eq!(s.phase, Some(TaskPhase::Completed), "{}: {s:?}", t.name_any());
+        assert_eq!(s.attempts, Some(1), "{} started one pod", t.name_any());
+        assert_eq!(s.pod_name.as_deref(), Some(t.name_any().as_str()));
+        total += s.credits_used.unwrap();
+    }
+    let account = wait_for("charges to settle", MINUTE, || async {
+        Some(tenant.account().await).filter(|a| a.credits_used() == total)
+    })
+    .await;
+    assert_eq!(account.status.unwrap().recent_charges.len(), 9, "each task charged once");
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_objects_are_rejected_at_apply_time() {
+    let _cluster = serial();
+    let cases = [
+        (
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTemplate", "metadata": {"name": "x", "namespace": "default"}, "spec": {"image": "i", "gpus": 0}}),
+            "spec.gpus",
+        ),
+        (
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTemplate", "metadata": {"name": "x", "namespace": "default"}, "spec": {"image": "i", "timeoutSeconds": -5}}),
+            "spec.timeoutSeconds",
+        ),
+        (
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTemplate", "metadata": {"name": "x", "namespace": "default"}, "spec": {"image": "i", "env": [{"name": "RUNPLANE_INPUT", "value": "x"}]}}),
+            "reserved",
+        ),
+        (
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTask", "metadata": {"name": "x", "namespace": "default"}, "spec": {"input": {}}}),
+            "spec.templateRef",
+        ),
+        (
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTask", "metadata": {"name": "x", "namespace": "default"}, "spec": {"templateRef": {"name": "t"}, "webhookUrl": "ftp://example.com"}}),
+            "http or https",
+        ),
+        (
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuAccount", "metadata": {"name": "x"}, "spec": {"plan": "gold"}}),
+            "spec.plan",
+        ),
+        (
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuAccount", "metadata": {"name": "x"}, "spec": {"plan": "custom"}}),
+            "custom plan needs",
+        ),
+        (
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuAccount", "metadata": {"name": "x"}, "spec": {"plan": "free", "namespaces": ["a", "a"]}}),
+            "spec.namespaces",
+        ),
+    ];
+    for (object, expected) in cases {
+        let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&object.to_string()));
+        assert!(!ok, "{object} was accepted");
+        assert!(out.contains(expected), "rejection of {object} should mention {expected:?}: {out}");
+    }
+    // The spec of a task cannot change once created, but cancel can be set.
+    let tenant = Tenant::new("immutable", "pro", 0).await;
+    tenant.task("t", "nothing", json!({})).await;
+    let (ok, out) = kubectl(&["patch", "gt", "t", "-n", &tenant.name, "--type=merge", "-p", r#"{"spec":{"priority":5}}"#], None);
+    assert!(!ok && out.contains("cannot change"), "{out}");
+    let (ok, out) = kubectl(&["patch", "gt", "t", "-n", &tenant.name, "--type=merge", "-p", r#"{"spec":{"cancel":true}}"#], None);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&["patch", "gt", "t", "-n", &tenant.name, "--type=merge", "-p", r#"{"spec":{"cancel":false}}"#], None);
+    assert!(!ok && out.contains("cannot be withdrawn"), "{out}");
+    let (ok, out) = kubectl(&["explain", "gputask.spec.input"], None);
+    assert!(ok && out.contains("RUNPLANE_INPUT"), "kubectl explain describes fields: {out}");
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn pod_deleted_by_someone_else_is_retried() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("retry", "pro", 1000).await;
+    tenant.template("work", "forever", json!({"maxRetries": 1})).await;
+    tenant.task("t", "work", json!({})).await;
+    tenant.wait_phase("t", TaskPhase::Running, MINUTE).await;
+    tenant.pods().delete("t", &DeleteParams::default()).await.unwrap();
+    let pods = tenant.pods();
+    wait_for("the retry's pod", MINUTE, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("t-retry-1").await.ok().flatten() }
+    })
+    .await;
+    let t = tenant.wait_phase("t", TaskPhase::Running, MINUTE).await;
+    assert_eq!(t.status.unwrap().attempts, Some(2));
+    tenant.cancel("t").await;
+    tenant.wait_phase("t", TaskPhase::Canceled, MINUTE).await;
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_real_scheduler_keeps_an_oversized_pod_pending() {
+    let _cluster = serial();
+    let client = client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let gpus: BTreeMap<String, String> = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|n| Some((n.name_any(), n.status.as_ref()?.capacity.as_ref()?.get("nvidia.com/gpu")?.0.clone())))
+        .collect();
+    assert!(gpus.len() >= 2 && gpus.values().all(|g| g == "8"), "fake GPU nodes: {gpus:?}");
+    let tenant = Tenant::new("sched", "pro", 0).await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "too-big"},
+        "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "9"}}}]}
+    }))
+    .unwrap();
+    tenant.pods().create(&PostParams::default(), &pod).await.unwrap();
+    let pods = tenant.pods();
+    let pod = wait_for("the scheduler to give up on the pod", MINUTE, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("too-big").await.ok()?;
+            let cond = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled")?.clone();
+            (cond.reason.as_deref() == Some("Unschedulable")).then_some(pod)
+        }
+    })
+    .await;
+    assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Pending"));
+    tenant.cleanup().await;
+}

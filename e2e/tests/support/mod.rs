@@ -1,0 +1,332 @@
+//! Harness for the end-to-end suites: the real local control plane
+//! (`e2e/cluster/up.sh`), the `runplane` binary as a child process, a fresh
+//! namespace and account per test, and waits with deadlines.
+//!
+//! Only one controller may act on the cluster at a time, so tests that start
+//! one hold [`serial`] for their whole run.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use runplane::resources::{GpuAccount, GpuTask, GpuTemplate, TaskPhase};
+use serde_json::{Value, json};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the cluster for one test at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The admin kubeconfig of the local control plane.
+pub fn kubeconfig() -> PathBuf {
+    let path = std::env::var_os("RUNPLANE_E2E_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("e2e/.cluster/kubeconfig"));
+    assert!(
+        path.exists(),
+        "no local control plane at {}: start it with `make cluster-up` (or run `make test`)",
+        path.display()
+    );
+    path
+}
+
+pub async fn client() -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
+    Client::try_from(config).expect("client")
+}
+
+/// kubectl against the local control plane; returns (success, stdout+stderr).
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+    cmd.arg("--kubeconfig").arg(kubeconfig()).args(args);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `runplane controller` child process, killed when dropped.
+pub struct Controller {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    args: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    /// Starts a controller with test-friendly timings plus `extra` flags.
+    pub async fn start(extra: &[&str]) -> Self {
+        let metrics_port = free_port();
+        let mut args: Vec<String> = vec![
+            "controller".into(),
+            "--leader-election=false".into(),
+            format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+            "--start-deadline=6s".into(),
+            "--retry-backoff=1s".into(),
+            "--timeout-grace=5s".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = std::env::temp_dir().join(format!("runplane-e2e-controller-{metrics_port}.log"));
+        let mut controller = Self { child: None, metrics_port, args, log };
+        controller.spawn().await;
+        controller
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_runplane"))
+            .args(&self.args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the runplane binary starts");
+        self.child = Some(child);
+        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
+        let log = self.log.clone();
+        wait_for(&format!("the controller to be ready (log: {})", log.display()), Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { http_get(&url).await.filter(|(code, _)| *code == 200).map(|_| ()) }
+        })
+        .await;
+    }
+
+    /// SIGKILL: no chance to clean up, as when a node dies.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.expect("metrics").1
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A plain HTTP/1.1 GET over loopback (no client crate needed for two endpoints).
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// A fresh namespace with a GpuAccount of the same name that owns it.
+pub struct Tenant {
+    pub client: Client,
+    pub name: String,
+}
+
+impl Tenant {
+    pub async fn new(prefix: &str, plan: &str, credits: i64) -> Self {
+        Self::with_spec(prefix, json!({"plan": plan, "credits": credits})).await
+    }
+
+    pub async fn with_spec(prefix: &str, mut spec: Value) -> Self {
+        let client = client().await;
+        let name = format!("e2e-{prefix}-{:06x}", rand_u32() & 0xffffff);
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"runplane.dev/e2e": "true"}}})).unwrap();
+        namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
+        spec["namespaces"] = json!([name]);
+        spec["email"] = json!(format!("{name}@example.com"));
+        let account: GpuAccount =
+            serde_json::from_value(json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuAccount", "metadata": {"name": name, "labels": {"runplane.dev/e2e": "true"}}, "spec": spec})).unwrap();
+        Api::<GpuAccount>::all(client.clone()).create(&PostParams::default(), &account).await.expect("account");
+        // The default service account appears shortly after the namespace.
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for("the default service account", Duration::from_secs(30), || async { sa.get_opt("default").await.ok().flatten() }).await;
+        Self { client, name }
+    }
+
+    pub fn tasks(&self) -> Api<GpuTask> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub async fn account(&self) -> GpuAccount {
+        Api::<GpuAccount>::all(self.client.clone()).get(&self.name).await.unwrap()
+    }
+
+    /// A template whose fake workload runs for `duration` and writes `message`
+    /// (kwok scripts it from the pod annotations); `extra` is merged into the spec.
+    pub async fn template(&self, name: &str, duration: &str, extra: Value) -> GpuTemplate {
+        let mut spec = json!({
+            "image": "example.com/worker:1",
+            "gpus": 1,
+            "podMetadata": {"annotations": {
+                "e2e.runplane.dev/duration": duration,
+                "e2e.runplane.dev/message": format!("{{\"result_url\": \"https://cdn.example.com/{name}.png\"}}"),
+            }},
+        });
+        merge(&mut spec, extra);
+        let template: GpuTemplate = serde_json::from_value(
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTemplate", "metadata": {"name": name}, "spec": spec}),
+        )
+        .unwrap();
+        let api: Api<GpuTemplate> = Api::namespaced(self.client.clone(), &self.name);
+        api.create(&PostParams::default(), &template).await.expect("template")
+    }
+
+    pub async fn task(&self, name: &str, template: &str, extra: Value) -> GpuTask {
+        let mut spec = json!({"templateRef": {"name": template}, "input": {"prompt": name}});
+        merge(&mut spec, extra);
+        let task: GpuTask = serde_json::from_value(
+            json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTask", "metadata": {"name": name}, "spec": spec}),
+        )
+        .unwrap();
+        self.tasks().create(&PostParams::default(), &task).await.expect("task")
+    }
+
+    pub async fn get(&self, name: &str) -> GpuTask {
+        self.tasks().get(name).await.unwrap()
+    }
+
+    /// Waits until the task reaches `phase` and returns it.
+    pub async fn wait_phase(&self, name: &str, phase: TaskPhase, timeout: Duration) -> GpuTask {
+        let api = self.tasks();
+        wait_for(&format!("task {name} to be {phase:?}"), timeout, || {
+            let api = api.clone();
+            async move { api.get(name).await.ok().filter(|t| t.phase() == Some(phase)) }
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, name: &str) {
+        self.tasks()
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancel": true}})))
+            .await
+            .unwrap();
+    }
+
+    /// Pods of the tenant that still hold capacity (not yet finished).
+    pub async fn live_pods(&self) -> Vec<Pod> {
+        self.pods()
+            .list(&ListParams::default().labels("runplane.dev/task"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+            .collect()
+    }
+
+    /// Deletes the tenant's tasks (the controller lets their pods go), then
+    /// the namespace and the account.
+    pub async fn cleanup(self) {
+        let _ = self.tasks().delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+        let pods = self.pods();
+        wait_for("the tenant's pods to be gone", Duration::from_secs(60), || {
+            let pods = pods.clone();
+            async move { pods.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ()) }
+        })
+        .await;
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+        let _ = Api::<GpuAccount>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Removes what failed tests left behind (their tasks, namespaces, accounts).
+pub async fn sweep() {
+    let client = client().await;
+    let lp = ListParams::default().labels("runplane.dev/e2e=true");
+    for ns in Api::<Namespace>::all(client.clone()).list(&lp).await.unwrap().items {
+        let tasks: Api<GpuTask> = Api::namespaced(client.clone(), &ns.name_any());
+        let _ = tasks.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+        // Pods left with runplane's finalizer and no controller to release them.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name_any());
+        for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            let _ = pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await;
+        }
+        let _ = Api::<Namespace>::all(client.clone()).delete(&ns.name_any(), &DeleteParams::default()).await;
+    }
+    let _ = Api::<GpuAccount>::all(client).delete_collection(&DeleteParams::default(), &lp).await;
+}
+
+pub fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+pub fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish() as u32
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
