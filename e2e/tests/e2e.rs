@@ -446,3 +446,55 @@ async fn the_real_scheduler_keeps_an_oversized_pod_pending() {
     assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Pending"));
     tenant.cleanup().await;
 }
+
+#[tokio::test]
+async fn two_replicas_one_leader_and_a_failover_within_the_lease() {
+    let _cluster = serial();
+    sweep().await;
+    let lease = format!("runplane-e2e-{:06x}", rand_u32() & 0xffffff);
+    let flags = ["--leader-election=true", "--lease-duration=4", "--lease-namespace=default"];
+    let mut args: Vec<&str> = flags.to_vec();
+    let lease_flag = format!("--lease-name={lease}");
+    args.push(&lease_flag);
+    let first = Controller::start_raw(&[&args[..], &["--identity=replica-a"]].concat()).await;
+    let second = Controller::start_raw(&[&args[..], &["--identity=replica-b"]].concat()).await;
+    let (leader, standby) = wait_for("one replica to lead", MINUTE, || async {
+        match (first.is_leader().await, second.is_leader().await) {
+            (true, false) => Some((0, 1)),
+            (false, true) => Some((1, 0)),
+            _ => None,
+        }
+    })
+    .await;
+    let mut replicas = [first, second];
+    let tenant = Tenant::with_spec("ha", json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 2, "requestsPerMinute": 60}})).await;
+    tenant.template("work", "2s", json!({})).await;
+    for i in 0..6 {
+        tenant.task(&format!("t{i}"), "work", json!({})).await;
+    }
+    tenant.wait_phase("t0", TaskPhase::Running, MINUTE).await;
+    // The standby acts on nothing: both tasks running were started by the leader.
+    assert!(!replicas[standby].is_leader().await);
+    replicas[leader].kill9();
+    let killed = std::time::Instant::now();
+    wait_for("the standby to take the lease", Duration::from_secs(20), || async {
+        replicas[standby].is_leader().await.then_some(())
+    })
+    .await;
+    assert!(killed.elapsed() < Duration::from_secs(12), "failover took {:?}", killed.elapsed());
+    let most = Cell::new(0);
+    let tasks = wait_for("all tasks to finish after the failover", 2 * MINUTE, || {
+        let (tenant, most) = (&tenant, &most);
+        async move {
+            most.set(most.get().max(tenant.live_pods().await.len()));
+            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
+            tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
+        }
+    })
+    .await;
+    assert!(most.get() <= 2, "{} pods at once with a limit of 2", most.get());
+    assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    assert!(tasks.iter().all(|t| t.status.as_ref().unwrap().attempts == Some(1)));
+    tenant.cleanup().await;
+    let _ = kubectl(&["delete", "lease", "-n", "default", &lease], None);
+}

@@ -97,10 +97,17 @@ pub struct Controller {
 impl Controller {
     /// Starts a controller with test-friendly timings plus `extra` flags.
     pub async fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["--leader-election=false"];
+        args.extend_from_slice(extra);
+        Self::start_raw(&args).await
+    }
+
+    /// Starts a controller with exactly the test timings and `extra` (no
+    /// leader-election default), e.g. for replicas that elect a leader.
+    pub async fn start_raw(extra: &[&str]) -> Self {
         let metrics_port = free_port();
         let mut args: Vec<String> = vec![
             "controller".into(),
-            "--leader-election=false".into(),
             format!("--metrics-addr=127.0.0.1:{metrics_port}"),
             "--start-deadline=6s".into(),
             "--retry-backoff=1s".into(),
@@ -149,6 +156,14 @@ impl Controller {
 
     pub async fn metrics(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.expect("metrics").1
+    }
+
+    /// True while this replica holds the controller lease (its `runplane_leader` gauge).
+    pub async fn is_leader(&self) -> bool {
+        match http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await {
+            Some((200, body)) => body.lines().any(|l| l.trim() == "runplane_leader 1"),
+            _ => false,
+        }
     }
 }
 
@@ -282,9 +297,10 @@ impl Tenant {
     pub async fn cleanup(self) {
         let _ = self.tasks().delete_collection(&DeleteParams::default(), &ListParams::default()).await;
         let pods = self.pods();
-        wait_for("the tenant's pods to be gone", Duration::from_secs(60), || {
-            let pods = pods.clone();
-            async move { pods.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ()) }
+        let tasks_pods = ListParams::default().labels("runplane.dev/task");
+        wait_for("the tenant's task pods to be gone", Duration::from_secs(60), || {
+            let (pods, lp) = (pods.clone(), tasks_pods.clone());
+            async move { pods.list(&lp).await.ok().filter(|l| l.items.is_empty()).map(|_| ()) }
         })
         .await;
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;

@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+.PHONY: demo down test unit e2e cluster-up cluster-down crds
+
+## Build, start the local control plane, the controller and the sample task.
+demo:
+	bash e2e/demo.sh up
+
+## Stop the demo processes and the local control plane.
+down:
+	bash e2e/demo.sh down
+
+## Lints, unit tests and the end-to-end suite on the real control plane.
+test:
+	bash e2e/test.sh
+
+unit:
+	cargo test
+
+cluster-up:
+	bash e2e/cluster/up.sh
+
+cluster-down:
+	bash e2e/cluster/down.sh
+
+## Regenerate the CRDs from the Rust types.
+crds:
+	cargo run --quiet -- crds > crds/runplane.yaml

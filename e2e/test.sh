@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Everything `make test` runs: formatting and lints, the unit tests, then
+# the end-to-end suite on the real local control plane. A cluster this
+# script started is stopped at the end, also when a test fails.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+log() { printf '==> %s\n' "$*" >&2; }
+
+log "checking formatting and lints"
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+log "unit tests"
+cargo test --quiet
+
+# A running demo controller would act on the tests' tasks too.
+bash e2e/demo.sh stop
+
+started_cluster=false
+if ! kubectl --kubeconfig e2e/.cluster/kubeconfig get --raw /readyz >/dev/null 2>&1; then
+    started_cluster=true
+fi
+cleanup() {
+    if $started_cluster; then
+        log "stopping the control plane"
+        bash e2e/cluster/down.sh || true
+    fi
+}
+trap cleanup EXIT
+
+log "starting the local control plane (built on first use; see e2e/cluster/README.md)"
+bash e2e/cluster/up.sh >/dev/null
+export RUNPLANE_E2E_KUBECONFIG="$ROOT/e2e/.cluster/kubeconfig"
+kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
+kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" wait --for=condition=Established crd --all --timeout=60s >/dev/null
+
+log "end-to-end tests"
+cargo test --test e2e
