@@ -354,8 +354,13 @@ impl Admitter {
             self.written.clear();
         }
 
-        let live_uids: HashSet<String> = caches.tasks.state().iter().filter_map(|t| t.metadata.uid.clone()).collect();
-        super::tasks::reap_orphans(&ctx, &live_uids).await;
+        let live_tasks: HashMap<String, Arc<GpuTask>> = caches
+            .tasks
+            .state()
+            .into_iter()
+            .filter_map(|t| Some((t.metadata.uid.clone()?, t)))
+            .collect();
+        super::tasks::reap_orphans(&ctx, &live_tasks).await;
 
         // Usage for account status and metrics.
         let mut counts = BTreeMap::new();

@@ -212,13 +212,46 @@ fn observe_transition(ctx: &Context, task: &GpuTask, status: &GpuTaskStatus) {
 /// Pods whose task was deleted: charge what they ran (once, by the task's
 /// UID), then let them go. Garbage collection marks them deleting when the
 /// task goes; runplane's finalizer holds them until they are accounted.
-pub async fn reap_orphans(ctx: &Context, live_task_uids: &std::collections::HashSet<String>) {
+pub async fn reap_orphans(
+    ctx: &Context,
+    live_tasks: &std::collections::HashMap<String, Arc<GpuTask>>,
+) {
     for pod in ctx.caches.pods.state() {
-        if pod.metadata.deletion_timestamp.is_none() || !lifecycle::holds_finalizer(&pod) {
+        if !lifecycle::holds_finalizer(&pod) {
             continue;
         }
-        let Some(owner) = pod.owner_references().iter().find(|o| o.kind == "GpuTask").cloned() else { continue };
-        if live_task_uids.contains(&owner.uid) {
+        let Some(owner) = pod
+            .owner_references()
+            .iter()
+            .find(|o| o.kind == "GpuTask")
+            .cloned()
+        else {
+            continue;
+        };
+        if let Some(task) = live_tasks.get(&owner.uid) {
+            // A pod of an earlier attempt that a retry could not let go.
+            let current = ctx
+                .caches
+                .current_pod(task)
+                .is_some_and(|c| c.name_any() == pod.name_any());
+            let attempt: i32 = pod
+                .labels()
+                .get(labels::ATTEMPT)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0);
+            let attempts = task.status.as_ref().and_then(|s| s.attempts).unwrap_or(0);
+            if !current && attempt < attempts && !task.is_terminal() {
+                let pods: Api<Pod> =
+                    Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+                if release(&pods, &pod).await.is_ok() && pod.metadata.deletion_timestamp.is_none() {
+                    let _ = pods
+                        .delete(&pod.name_any(), &DeleteParams::background())
+                        .await;
+                }
+            }
+            continue;
+        }
+        if pod.metadata.deletion_timestamp.is_none() {
             continue;
         }
         let namespace = pod.namespace().unwrap_or_default();
@@ -234,7 +267,9 @@ pub async fn reap_orphans(ctx: &Context, live_task_uids: &std::collections::Hash
         }
         let credits = lifecycle::orphan_charge(&pod, Timestamp::now());
         if credits > 0 {
-            let Some(account) = pod.labels().get(labels::ACCOUNT) else { continue };
+            let Some(account) = pod.labels().get(labels::ACCOUNT) else {
+                continue;
+            };
             if let Err(error) = ctx.accounts.charge(account, &owner.uid, credits).await {
                 tracing::warn!(%error, pod = %pod.name_any(), "charging a deleted task failed; will retry");
                 continue;
@@ -242,7 +277,9 @@ pub async fn reap_orphans(ctx: &Context, live_task_uids: &std::collections::Hash
         }
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
         match release(&pods, &pod).await {
-            Ok(()) => tracing::info!(pod = %pod.name_any(), task = %owner.name, credits, "released the pod of a deleted task"),
+            Ok(()) => {
+                tracing::info!(pod = %pod.name_any(), task = %owner.name, credits, "released the pod of a deleted task")
+            }
             Err(error) => tracing::debug!(%error, "releasing an orphaned pod failed; will retry"),
         }
     }

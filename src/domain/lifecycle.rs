@@ -200,15 +200,16 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
                 ended,
             )
         }
+        _ if deleting => {
+            // Someone other than runplane deleted the pod of a running task;
+            // the kubelet may already have marked it Failed on the way out.
+            let ended = deletion_requested_at(pod).unwrap_or(view.now);
+            let failure = Failure::Infrastructure("the task's pod was deleted".into());
+            fail(view, out, &current, next, pod, failure, ended, config)
+        }
         "Failed" => {
             let ended = pod_ended(pod).unwrap_or(view.now);
             let failure = classify_failure(pod);
-            fail(view, out, &current, next, pod, failure, ended, config)
-        }
-        _ if deleting => {
-            // Someone other than runplane deleted the pod of a running task.
-            let ended = deletion_requested_at(pod).unwrap_or(view.now);
-            let failure = Failure::Infrastructure("the task's pod was deleted".into());
             fail(view, out, &current, next, pod, failure, ended, config)
         }
         "Running" => {
@@ -732,7 +733,9 @@ fn has_finalizer(pod: &Pod) -> bool {
 /// Credits owed for the pod of a task that was deleted: its run up to its
 /// end, or up to when its deletion was requested.
 pub fn orphan_charge(pod: &Pod, now: Timestamp) -> i64 {
-    let ended = pod_ended(pod).or_else(|| deletion_requested_at(pod)).unwrap_or(now);
+    let ended = pod_ended(pod)
+        .or_else(|| deletion_requested_at(pod))
+        .unwrap_or(now);
     credits::charge(&frozen_price(pod), pod_started(pod), ended)
 }
 
@@ -973,6 +976,13 @@ mod tests {
         let t = admitted(task("t").build());
         let pod = pod_for(&t, 0).running(5).deleting(8).build();
         let status = run(&t, Some(&pod), 9).status.unwrap();
+        assert_eq!(status.wait_reason, Some(WaitReason::RetryBackoff));
+        // Also when the kubelet already marked it Failed on the way out.
+        let pod = pod_for(&t, 0)
+            .failed(None, 143, 5, 9, "")
+            .deleting(8)
+            .build();
+        let status = run(&t, Some(&pod), 10).status.unwrap();
         assert_eq!(status.wait_reason, Some(WaitReason::RetryBackoff));
     }
 
