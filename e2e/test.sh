@@ -36,5 +36,7 @@ export RUNPLANE_E2E_KUBECONFIG="$ROOT/e2e/.cluster/kubeconfig"
 kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
 kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
-log "end-to-end tests"
+log "end-to-end tests: the controller"
 cargo test --test e2e
+log "end-to-end tests: webhooks"
+cargo test --test webhooks

@@ -3,8 +3,8 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, Pod, PodCondition, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    PodCondition, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -41,6 +41,7 @@ pub fn task(name: &str) -> TaskBuilder {
             template_ref: TemplateRef { name: "tpl".into() },
             input: serde_json::json!({"prompt": "hello"}),
             webhook_url: None,
+            webhook_on_cancel: false,
             priority: 0,
             timeout_seconds: None,
             cancel: false,
@@ -78,14 +79,7 @@ pub struct PodBuilder(Pod);
 
 /// The pod runplane would create for `task`'s attempt, as created (no status).
 pub fn pod_for(task: &GpuTask, attempt: i32) -> PodBuilder {
-    let mut pod = desired_pod(
-        task,
-        &template(),
-        "acct",
-        attempt,
-        &PodConfig::default(),
-        None,
-    );
+    let mut pod = desired_pod(task, &template(), "acct", attempt, &PodConfig::default(), None);
     pod.metadata.creation_timestamp = Some(Time(ts(1)));
     pod.metadata.resource_version = Some("10".into());
     pod.metadata.uid = Some("pod-uid".into());
@@ -93,20 +87,11 @@ pub fn pod_for(task: &GpuTask, attempt: i32) -> PodBuilder {
 }
 
 fn container(state: ContainerState) -> ContainerStatus {
-    ContainerStatus {
-        name: "task".into(),
-        state: Some(state),
-        ..Default::default()
-    }
+    ContainerStatus { name: "task".into(), state: Some(state), ..Default::default() }
 }
 
 impl PodBuilder {
-    fn status(
-        mut self,
-        phase: &str,
-        reason: Option<&str>,
-        containers: Vec<ContainerStatus>,
-    ) -> Self {
+    fn status(mut self, phase: &str, reason: Option<&str>, containers: Vec<ContainerStatus>) -> Self {
         self.0.status = Some(PodStatus {
             phase: Some(phase.into()),
             reason: reason.map(Into::into),
@@ -118,9 +103,7 @@ impl PodBuilder {
     }
     pub fn running(self, started: i64) -> Self {
         let state = ContainerState {
-            running: Some(ContainerStateRunning {
-                started_at: Some(Time(ts(started))),
-            }),
+            running: Some(ContainerStateRunning { started_at: Some(Time(ts(started))) }),
             ..Default::default()
         };
         self.status("Running", None, vec![container(state)])
@@ -149,22 +132,12 @@ impl PodBuilder {
     pub fn succeeded(self, started: i64, ended: i64, message: &str) -> Self {
         self.terminated("Succeeded", None, 0, started, ended, message)
     }
-    pub fn failed(
-        self,
-        reason: Option<&str>,
-        exit: i32,
-        started: i64,
-        ended: i64,
-        message: &str,
-    ) -> Self {
+    pub fn failed(self, reason: Option<&str>, exit: i32, started: i64, ended: i64, message: &str) -> Self {
         self.terminated("Failed", reason, exit, started, ended, message)
     }
     pub fn waiting(self, reason: &str) -> Self {
         let state = ContainerState {
-            waiting: Some(ContainerStateWaiting {
-                reason: Some(reason.into()),
-                message: Some("back-off".into()),
-            }),
+            waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: Some("back-off".into()) }),
             ..Default::default()
         };
         self.status("Pending", None, vec![container(state)])

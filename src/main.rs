@@ -13,11 +13,7 @@ use runplane::domain::pod::PodConfig;
 use runplane::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
-#[command(
-    name = "runplane",
-    version,
-    about = "An on-demand GPU task service on Kubernetes"
-)]
+#[command(name = "runplane", version, about = "An on-demand GPU task service on Kubernetes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +92,7 @@ struct ControllerArgs {
     /// Name of the Lease.
     #[arg(long, default_value = "runplane-controller")]
     lease_name: String,
-    /// Namespace of the Lease; the pod's namespace (POD_NAMESPACE) or "default".
+    /// The controller's namespace: home of its Lease and of webhook Secrets named without one.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// How long a lease lasts without renewal, in seconds.
@@ -105,6 +101,18 @@ struct ControllerArgs {
     /// Identity of this replica in the Lease; the hostname and a random suffix by default.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Destinations a webhook may reach although they are private or loopback (CIDR, repeatable).
+    #[arg(long = "webhook-allow-cidr", value_name = "CIDR")]
+    webhook_allow_cidr: Vec<ipnet::IpNet>,
+    /// First delay before retrying a webhook; doubles per attempt, with jitter.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    webhook_backoff: SignedDuration,
+    /// Longest delay between webhook attempts.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    webhook_max_backoff: SignedDuration,
+    /// Stop retrying a webhook this long after its first attempt.
+    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    webhook_give_up_after: SignedDuration,
     /// Tasks reconciled at once.
     #[arg(long, default_value_t = 16)]
     reconcile_concurrency: u16,
@@ -117,28 +125,21 @@ fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     if s == "0" {
         return Ok(SignedDuration::ZERO);
     }
-    let d: SignedDuration = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))?;
+    let d: SignedDuration = s.parse().map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))?;
     if d.is_negative() {
         return Err("a duration cannot be negative".into());
     }
     Ok(d)
 }
 
-fn parse_quota(
-    values: &[String],
-    default_resource: &str,
-) -> anyhow::Result<Option<BTreeMap<String, i64>>> {
+fn parse_quota(values: &[String], default_resource: &str) -> anyhow::Result<Option<BTreeMap<String, i64>>> {
     if values.is_empty() {
         return Ok(None);
     }
     let mut quota = BTreeMap::new();
     for value in values {
         let (resource, n) = value.split_once('=').unwrap_or((default_resource, value));
-        let n: i64 = n
-            .parse()
-            .with_context(|| format!("--gpu-quota {value}: not a number"))?;
+        let n: i64 = n.parse().with_context(|| format!("--gpu-quota {value}: not a number"))?;
         anyhow::ensure!(n >= 0, "--gpu-quota {value}: must not be negative");
         quota.insert(resource.to_string(), n);
     }
@@ -157,9 +158,7 @@ async fn main() -> anyhow::Result<()> {
             init_logging(args.log_format);
             let client = args.kube.client().await?;
             let callback_key = match &args.callback_key_file {
-                Some(path) => Some(
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-                ),
+                Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
                 None => None,
             };
             let identity = args.identity.clone().unwrap_or_else(|| {
@@ -189,6 +188,13 @@ async fn main() -> anyhow::Result<()> {
                     lease_duration_secs: args.lease_duration,
                 }),
                 reconcile_concurrency: args.reconcile_concurrency,
+                namespace: args.lease_namespace.clone(),
+                webhooks: runplane::domain::webhook::WebhookConfig {
+                    backoff: args.webhook_backoff,
+                    max_backoff: args.webhook_max_backoff,
+                    give_up_after: args.webhook_give_up_after,
+                    allow: args.webhook_allow_cidr.clone(),
+                },
             };
             controller::run(client, config).await
         }
@@ -196,9 +202,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn rand_suffix() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     nanos ^ std::process::id().rotate_left(16)
 }

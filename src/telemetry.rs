@@ -3,8 +3,8 @@
 //! units, and carry only labels of bounded cardinality.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -22,9 +22,7 @@ pub fn init_logging(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
-        LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true))
-            .init(),
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).init(),
     }
 }
 
@@ -44,82 +42,63 @@ pub struct ControllerMetrics {
     pub charges: IntCounter,
     pub credits_charged: IntCounter,
     pub is_leader: IntGauge,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_delivery_seconds: Histogram,
+    pub webhooks_pending: IntGauge,
 }
 
-const WAIT_BUCKETS: &[f64] = &[
-    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
-];
+const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
 
 impl ControllerMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let tasks = IntGaugeVec::new(
-            Opts::new(
-                "runplane_tasks",
-                "GpuTasks by phase, as the controller's cache sees them",
-            ),
+            Opts::new("runplane_tasks", "GpuTasks by phase, as the controller's cache sees them"),
             &["phase"],
         )
         .unwrap();
         let queue_wait = Histogram::with_opts(
-            HistogramOpts::new(
-                "runplane_queue_wait_seconds",
-                "Time from a task's creation to its admission",
-            )
-            .buckets(WAIT_BUCKETS.to_vec()),
+            HistogramOpts::new("runplane_queue_wait_seconds", "Time from a task's creation to its admission")
+                .buckets(WAIT_BUCKETS.to_vec()),
         )
         .unwrap();
         let run_time = Histogram::with_opts(
-            HistogramOpts::new(
-                "runplane_task_run_seconds",
-                "Run time of finished tasks, from pod start to end",
-            )
-            .buckets(WAIT_BUCKETS.to_vec()),
+            HistogramOpts::new("runplane_task_run_seconds", "Run time of finished tasks, from pod start to end")
+                .buckets(WAIT_BUCKETS.to_vec()),
         )
         .unwrap();
-        let gpus_in_use = IntGaugeVec::new(
-            Opts::new("runplane_gpus_in_use", "GPUs held by runplane's pods"),
-            &["resource"],
-        )
-        .unwrap();
-        let gpu_quota = IntGaugeVec::new(
-            Opts::new("runplane_gpu_quota", "GPUs runplane may hand out"),
-            &["resource"],
-        )
-        .unwrap();
-        let admissions =
-            IntCounter::new("runplane_admissions_total", "Tasks admitted (pods created)").unwrap();
-        let reconciles =
-            IntCounter::new("runplane_reconcile_total", "Task reconciliations").unwrap();
+        let gpus_in_use =
+            IntGaugeVec::new(Opts::new("runplane_gpus_in_use", "GPUs held by runplane's pods"), &["resource"]).unwrap();
+        let gpu_quota =
+            IntGaugeVec::new(Opts::new("runplane_gpu_quota", "GPUs runplane may hand out"), &["resource"]).unwrap();
+        let admissions = IntCounter::new("runplane_admissions_total", "Tasks admitted (pods created)").unwrap();
+        let reconciles = IntCounter::new("runplane_reconcile_total", "Task reconciliations").unwrap();
         let reconcile_errors = IntCounterVec::new(
-            Opts::new(
-                "runplane_reconcile_errors_total",
-                "Failed task reconciliations by error category",
-            ),
+            Opts::new("runplane_reconcile_errors_total", "Failed task reconciliations by error category"),
             &["category"],
         )
         .unwrap();
         let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "runplane_reconcile_duration_seconds",
-                "Duration of task reconciliations",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            HistogramOpts::new("runplane_reconcile_duration_seconds", "Duration of task reconciliations")
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             &[],
         )
         .unwrap();
-        let charges =
-            IntCounter::new("runplane_charges_total", "Tasks charged to their account").unwrap();
-        let credits_charged = IntCounter::new(
-            "runplane_credits_charged_total",
-            "Credits charged to accounts",
+        let charges = IntCounter::new("runplane_charges_total", "Tasks charged to their account").unwrap();
+        let credits_charged = IntCounter::new("runplane_credits_charged_total", "Credits charged to accounts").unwrap();
+        let is_leader = IntGauge::new("runplane_leader", "1 while this replica holds the controller lease").unwrap();
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new("runplane_webhook_deliveries_total", "Webhook delivery attempts by result"),
+            &["result"],
         )
         .unwrap();
-        let is_leader = IntGauge::new(
-            "runplane_leader",
-            "1 while this replica holds the controller lease",
+        let webhook_delivery_seconds = Histogram::with_opts(
+            HistogramOpts::new("runplane_webhook_delivery_seconds", "Duration of webhook delivery attempts")
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0]),
         )
         .unwrap();
+        let webhooks_pending =
+            IntGauge::new("runplane_webhooks_pending", "Finished tasks whose webhook is not settled").unwrap();
         for collector in [
             Box::new(tasks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(queue_wait.clone()),
@@ -133,10 +112,11 @@ impl ControllerMetrics {
             Box::new(charges.clone()),
             Box::new(credits_charged.clone()),
             Box::new(is_leader.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_delivery_seconds.clone()),
+            Box::new(webhooks_pending.clone()),
         ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
+            registry.register(collector).expect("metric names are unique");
         }
         for phase in crate::resources::TaskPhase::ALL {
             tasks.with_label_values(&[phase.as_str()]).set(0);
@@ -155,6 +135,9 @@ impl ControllerMetrics {
             charges,
             credits_charged,
             is_leader,
+            webhook_deliveries,
+            webhook_delivery_seconds,
+            webhooks_pending,
         }
     }
 }
@@ -168,8 +151,6 @@ impl Default for ControllerMetrics {
 /// The registry in Prometheus' text format.
 pub fn encode(registry: &Registry) -> String {
     let mut buffer = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut buffer)
-        .expect("text encoding cannot fail");
+    TextEncoder::new().encode(&registry.gather(), &mut buffer).expect("text encoding cannot fail");
     String::from_utf8(buffer).expect("the text format is UTF-8")
 }

@@ -2,9 +2,7 @@
 
 #[test]
 fn committed_crds_match_the_types() {
-    let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/runplane.yaml"))
-            .unwrap();
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/runplane.yaml")).unwrap();
     assert!(
         committed == runplane::resources::crds_yaml(),
         "crds/runplane.yaml is stale: run `cargo run -- crds > crds/runplane.yaml`"
@@ -16,21 +14,9 @@ fn every_field_is_described() {
     for crd in runplane::resources::crds() {
         let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
         let mut missing = Vec::new();
-        walk(
-            &schema["openAPIV3Schema"]["properties"]["spec"],
-            "spec",
-            &mut missing,
-        );
-        walk(
-            &schema["openAPIV3Schema"]["properties"]["status"],
-            "status",
-            &mut missing,
-        );
-        assert!(
-            missing.is_empty(),
-            "{}: fields without a description: {missing:?}",
-            crd.spec.names.kind
-        );
+        walk(&schema["openAPIV3Schema"]["properties"]["spec"], "spec", &mut missing);
+        walk(&schema["openAPIV3Schema"]["properties"]["status"], "status", &mut missing);
+        assert!(missing.is_empty(), "{}: fields without a description: {missing:?}", crd.spec.names.kind);
     }
 }
 

@@ -30,43 +30,22 @@ async fn sample_from_deploy_examples_completes_with_output() {
     let tasks: Api<runplane::resources::GpuTask> = Api::namespaced(client.clone(), "demo");
     let task = wait_for("the sample task to complete", MINUTE, || {
         let tasks = tasks.clone();
-        async move {
-            tasks
-                .get("portrait-1")
-                .await
-                .ok()
-                .filter(|t| t.is_terminal())
-        }
+        async move { tasks.get("portrait-1").await.ok().filter(|t| t.is_terminal()) }
     })
     .await;
     let status = task.status.clone().unwrap();
     assert_eq!(status.phase, Some(TaskPhase::Completed), "{status:?}");
-    assert_eq!(
-        status.output.unwrap()["result_url"],
-        "https://cdn.example.com/results/portrait.png"
-    );
+    assert_eq!(status.output.unwrap()["result_url"], "https://cdn.example.com/results/portrait.png");
     assert!(status.credits_used.unwrap() >= 10);
     assert!(status.processing_time.unwrap() >= 2.0);
     let (ok, out) = kubectl(&["get", "gt", "-n", "demo"], None);
-    assert!(
-        ok && out.contains("Completed") && out.contains("portrait-fix"),
-        "{out}"
-    );
+    assert!(ok && out.contains("Completed") && out.contains("portrait-fix"), "{out}");
     let (ok, out) = kubectl(&["describe", "gt", "-n", "demo", "portrait-1"], None);
-    assert!(
-        ok && out.contains("Admitted") && out.contains("Completed"),
-        "events tell the story: {out}"
-    );
+    assert!(ok && out.contains("Admitted") && out.contains("Completed"), "events tell the story: {out}");
     let metrics = controller.metrics().await;
-    assert!(
-        metrics.contains("runplane_tasks{phase=\"Completed\"}"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("runplane_tasks{phase=\"Completed\"}"), "{metrics}");
     assert!(metrics.contains("runplane_admissions_total"), "{metrics}");
-    let (ok, out) = kubectl(
-        &["delete", "-f", &path_str(&examples), "--wait=false"],
-        None,
-    );
+    let (ok, out) = kubectl(&["delete", "-f", &path_str(&examples), "--wait=false"], None);
     assert!(ok, "{out}");
 }
 
@@ -85,12 +64,7 @@ async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
         let (tenant, most) = (&tenant, &most);
         async move {
             most.set(most.get().max(tenant.live_pods().await.len()));
-            let tasks = tenant
-                .tasks()
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items;
+            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
             tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
         }
     })
@@ -98,16 +72,9 @@ async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
     let most = most.get();
     assert!(most <= 5, "{most} pods ran at once on a free account");
     assert!(most >= 2, "tasks ran in parallel ({most})");
-    assert!(
-        all_done
-            .iter()
-            .all(|t| t.phase() == Some(TaskPhase::Completed))
-    );
+    assert!(all_done.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
     // Charged exactly once each: the account's total is the sum over tasks.
-    let total: i64 = all_done
-        .iter()
-        .map(|t| t.status.as_ref().unwrap().credits_used.unwrap())
-        .sum();
+    let total: i64 = all_done.iter().map(|t| t.status.as_ref().unwrap().credits_used.unwrap()).sum();
     let account = wait_for("the account to record its charges", MINUTE, || async {
         Some(tenant.account().await).filter(|a| a.credits_used() == total)
     })
@@ -128,25 +95,14 @@ async fn cluster_gpu_quota_holds_across_two_accounts() {
         .unwrap()
         .items
         .iter()
-        .filter_map(|n| {
-            n.status
-                .as_ref()?
-                .allocatable
-                .as_ref()?
-                .get("nvidia.com/gpu")?
-                .0
-                .parse::<i64>()
-                .ok()
-        })
+        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("nvidia.com/gpu")?.0.parse::<i64>().ok())
         .sum();
     assert!(quota >= 16, "the fake nodes offer GPUs ({quota})");
     let per_task = quota / 4; // four tasks fill the cluster
     let a = Tenant::new("quota-a", "team", 100_000).await;
     let b = Tenant::new("quota-b", "team", 100_000).await;
     for tenant in [&a, &b] {
-        tenant
-            .template("big", "3s", json!({"gpus": per_task}))
-            .await;
+        tenant.template("big", "3s", json!({"gpus": per_task})).await;
         for i in 0..4 {
             tenant.task(&format!("t{i}"), "big", json!({})).await;
         }
@@ -161,40 +117,18 @@ async fn cluster_gpu_quota_holds_across_two_accounts() {
             both_ran.set(both_ran.get() || (!pa.is_empty() && !pb.is_empty()));
             let mut done = true;
             for t in [a, b] {
-                done &= t
-                    .tasks()
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .items
-                    .iter()
-                    .all(|t| t.is_terminal());
+                done &= t.tasks().list(&ListParams::default()).await.ok()?.items.iter().all(|t| t.is_terminal());
             }
             done.then_some(())
         }
     })
     .await;
     let most_gpus = most_gpus.get();
-    assert!(
-        most_gpus <= quota,
-        "{most_gpus} GPUs in use > quota {quota}"
-    );
-    assert!(
-        both_ran.get(),
-        "both accounts ran at the same time (fair share)"
-    );
+    assert!(most_gpus <= quota, "{most_gpus} GPUs in use > quota {quota}");
+    assert!(both_ran.get(), "both accounts ran at the same time (fair share)");
     for tenant in [a, b] {
-        let tasks = tenant
-            .tasks()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items;
-        assert!(
-            tasks
-                .iter()
-                .all(|t| t.phase() == Some(TaskPhase::Completed))
-        );
+        let tasks = tenant.tasks().list(&ListParams::default()).await.unwrap().items;
+        assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
         tenant.cleanup().await;
     }
 }
@@ -205,48 +139,34 @@ async fn cancel_stops_the_pod_and_charges_what_ran() {
     sweep().await;
     let _controller = Controller::start(&[]).await;
     let tenant = Tenant::new("cancel", "pro", 1000).await;
-    tenant
-        .template(
-            "forever",
-            "forever",
-            json!({"price": {"perRun": 5, "perGpuSecond": 1}}),
-        )
-        .await;
+    tenant.template("forever", "forever", json!({"price": {"perRun": 5, "perGpuSecond": 1}})).await;
     tenant.task("long", "forever", json!({})).await;
     tenant.wait_phase("long", TaskPhase::Running, MINUTE).await;
     tenant.cancel("long").await;
     let task = tenant.wait_phase("long", TaskPhase::Canceled, MINUTE).await;
-    assert!(
-        task.status.unwrap().credits_used.unwrap() >= 5,
-        "a started task is charged"
-    );
+    assert!(task.status.unwrap().credits_used.unwrap() >= 5, "a started task is charged");
     let pods = tenant.pods();
     wait_for("the canceled task's pod to be gone", MINUTE, || {
         let pods = pods.clone();
-        async move {
-            pods.get_opt("long")
-                .await
-                .ok()
-                .filter(|p| p.is_none())
-                .map(|_| ())
-        }
+        async move { pods.get_opt("long").await.ok().filter(|p| p.is_none()).map(|_| ()) }
     })
     .await;
     // Canceling a queued task: never started, never charged.
-    let queued = Tenant::with_spec("cancel-q", json!({"plan": "custom", "credits": 100, "limits": {"concurrentTasks": 0, "requestsPerMinute": 10}})).await;
+    let queued = Tenant::with_spec(
+        "cancel-q",
+        json!({"plan": "custom", "credits": 100, "limits": {"concurrentTasks": 0, "requestsPerMinute": 10}}),
+    )
+    .await;
     queued.template("forever", "forever", json!({})).await;
     queued.task("waiting", "forever", json!({})).await;
     let t = wait_for("the task to wait on its account limit", MINUTE, || async {
-        Some(queued.get("waiting").await).filter(|t| {
-            t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::AccountLimit)
-        })
+        Some(queued.get("waiting").await)
+            .filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::AccountLimit))
     })
     .await;
     assert_eq!(t.phase(), Some(TaskPhase::Queued));
     queued.cancel("waiting").await;
-    let t = queued
-        .wait_phase("waiting", TaskPhase::Canceled, MINUTE)
-        .await;
+    let t = queued.wait_phase("waiting", TaskPhase::Canceled, MINUTE).await;
     assert_eq!(t.status.unwrap().credits_used, Some(0));
     tenant.cleanup().await;
     queued.cleanup().await;
@@ -258,9 +178,7 @@ async fn timeout_fails_with_50003() {
     sweep().await;
     let _controller = Controller::start(&[]).await;
     let tenant = Tenant::new("timeout", "pro", 1000).await;
-    tenant
-        .template("slow", "forever", json!({"timeoutSeconds": 2}))
-        .await;
+    tenant.template("slow", "forever", json!({"timeoutSeconds": 2})).await;
     tenant.task("slow", "slow", json!({})).await;
     let task = tenant.wait_phase("slow", TaskPhase::Failed, MINUTE).await;
     let status = task.status.unwrap();
@@ -284,43 +202,27 @@ async fn failures_map_to_error_codes() {
     tenant.template("huge", "1s", json!({"gpus": 9})).await;
     tenant.task("huge", "huge", json!({})).await;
     // The image cannot be pulled: fails fast after the start deadline.
-    tenant.template("badimage", "1s", json!({"podMetadata": {"annotations": {"e2e.runplane.dev/waiting-reason": "ImagePullBackOff"}}})).await;
-    tenant.task("badimage", "badimage", json!({})).await;
-    // Input that does not match the template's schema: 40005 without a pod.
     tenant
         .template(
-            "strict",
+            "badimage",
             "1s",
-            json!({"inputSchema": {"type": "object", "required": ["image_url"]}}),
+            json!({"podMetadata": {"annotations": {"e2e.runplane.dev/waiting-reason": "ImagePullBackOff"}}}),
         )
         .await;
+    tenant.task("badimage", "badimage", json!({})).await;
+    // Input that does not match the template's schema: 40005 without a pod.
+    tenant.template("strict", "1s", json!({"inputSchema": {"type": "object", "required": ["image_url"]}})).await;
     tenant.task("bad-input", "strict", json!({})).await;
 
-    let crash = tenant
-        .wait_phase("crash", TaskPhase::Failed, MINUTE)
-        .await
-        .status
-        .unwrap();
+    let crash = tenant.wait_phase("crash", TaskPhase::Failed, MINUTE).await.status.unwrap();
     assert_eq!(crash.error_code, Some(codes::INTERNAL));
     assert!(crash.error_message.unwrap().contains("out of memory"));
-    let huge = tenant
-        .wait_phase("huge", TaskPhase::Failed, MINUTE)
-        .await
-        .status
-        .unwrap();
+    let huge = tenant.wait_phase("huge", TaskPhase::Failed, MINUTE).await.status.unwrap();
     assert_eq!(huge.error_code, Some(codes::GPU_UNAVAILABLE), "{huge:?}");
     assert_eq!(huge.credits_used, Some(0));
-    let bad = tenant
-        .wait_phase("badimage", TaskPhase::Failed, MINUTE)
-        .await
-        .status
-        .unwrap();
+    let bad = tenant.wait_phase("badimage", TaskPhase::Failed, MINUTE).await.status.unwrap();
     assert!(bad.error_message.unwrap().contains("ImagePullBackOff"));
-    let input = tenant
-        .wait_phase("bad-input", TaskPhase::Failed, MINUTE)
-        .await
-        .status
-        .unwrap();
+    let input = tenant.wait_phase("bad-input", TaskPhase::Failed, MINUTE).await.status.unwrap();
     assert_eq!(input.error_code, Some(codes::INVALID_INPUT));
     assert!(input.error_message.unwrap().contains("image_url"));
     assert!(tenant.pods().get_opt("bad-input").await.unwrap().is_none());
@@ -333,28 +235,14 @@ async fn deleting_a_task_removes_its_pod_and_still_charges_it() {
     sweep().await;
     let _controller = Controller::start(&[]).await;
     let tenant = Tenant::new("delete", "pro", 1000).await;
-    tenant
-        .template("forever", "forever", json!({"price": {"perRun": 7}}))
-        .await;
+    tenant.template("forever", "forever", json!({"price": {"perRun": 7}})).await;
     tenant.task("doomed", "forever", json!({})).await;
-    tenant
-        .wait_phase("doomed", TaskPhase::Running, MINUTE)
-        .await;
-    tenant
-        .tasks()
-        .delete("doomed", &DeleteParams::default())
-        .await
-        .unwrap();
+    tenant.wait_phase("doomed", TaskPhase::Running, MINUTE).await;
+    tenant.tasks().delete("doomed", &DeleteParams::default()).await.unwrap();
     let pods = tenant.pods();
     wait_for("the deleted task's pod to be gone", MINUTE, || {
         let pods = pods.clone();
-        async move {
-            pods.get_opt("doomed")
-                .await
-                .ok()
-                .filter(|p| p.is_none())
-                .map(|_| ())
-        }
+        async move { pods.get_opt("doomed").await.ok().filter(|p| p.is_none()).map(|_| ()) }
     })
     .await;
     let account = wait_for("the deleted task to be charged", MINUTE, || async {
@@ -373,55 +261,38 @@ async fn waiting_reasons_clear_when_the_cause_goes() {
     let tenant = Tenant::new("wait", "pro", 0).await;
     tenant.task("early", "later", json!({})).await;
     let t = wait_for("TemplateNotFound", MINUTE, || async {
-        Some(tenant.get("early").await).filter(|t| {
-            t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::TemplateNotFound)
-        })
+        Some(tenant.get("early").await)
+            .filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::TemplateNotFound))
     })
     .await;
     assert_eq!(t.phase(), Some(TaskPhase::Queued));
-    tenant
-        .template("later", "1s", json!({"price": {"perRun": 10}}))
-        .await;
+    tenant.template("later", "1s", json!({"price": {"perRun": 10}})).await;
     wait_for("InsufficientCredits", MINUTE, || async {
-        Some(tenant.get("early").await).filter(|t| {
-            t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::InsufficientCredits)
-        })
+        Some(tenant.get("early").await)
+            .filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::InsufficientCredits))
     })
     .await;
-    let (ok, out) = kubectl(
-        &[
-            "patch",
-            "gacct",
-            &tenant.name,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"credits":100}}"#,
-        ],
-        None,
-    );
+    let (ok, out) =
+        kubectl(&["patch", "gacct", &tenant.name, "--type=merge", "-p", r#"{"spec":{"credits":100}}"#], None);
     assert!(ok, "{out}");
-    tenant
-        .wait_phase("early", TaskPhase::Completed, MINUTE)
-        .await;
+    tenant.wait_phase("early", TaskPhase::Completed, MINUTE).await;
     // A namespace no account owns.
     let orphan_ns = format!("e2e-noacct-{:06x}", rand_u32() & 0xffffff);
     let (ok, out) = kubectl(&["create", "namespace", &orphan_ns], None);
     assert!(ok, "{out}");
-    kubectl(
-        &["label", "namespace", &orphan_ns, "runplane.dev/e2e=true"],
-        None,
-    );
+    kubectl(&["label", "namespace", &orphan_ns, "runplane.dev/e2e=true"], None);
     let task = json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTask", "metadata": {"name": "x", "namespace": orphan_ns}, "spec": {"templateRef": {"name": "any"}}});
     let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&task.to_string()));
     assert!(ok, "{out}");
-    let tasks: Api<runplane::resources::GpuTask> =
-        Api::namespaced(tenant.client.clone(), &orphan_ns);
+    let tasks: Api<runplane::resources::GpuTask> = Api::namespaced(tenant.client.clone(), &orphan_ns);
     wait_for("NoAccount", MINUTE, || {
         let tasks = tasks.clone();
         async move {
-            tasks.get("x").await.ok().filter(|t| {
-                t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::NoAccount)
-            })
+            tasks
+                .get("x")
+                .await
+                .ok()
+                .filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::NoAccount))
         }
     })
     .await;
@@ -433,14 +304,12 @@ async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
     let _cluster = serial();
     sweep().await;
     let mut controller = Controller::start(&[]).await;
-    let tenant = Tenant::with_spec("restart", json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 3, "requestsPerMinute": 60}})).await;
-    tenant
-        .template(
-            "work",
-            "3s",
-            json!({"price": {"perRun": 10, "perGpuSecond": 1}}),
-        )
-        .await;
+    let tenant = Tenant::with_spec(
+        "restart",
+        json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 3, "requestsPerMinute": 60}}),
+    )
+    .await;
+    tenant.template("work", "3s", json!({"price": {"perRun": 10, "perGpuSecond": 1}})).await;
     for i in 0..9 {
         tenant.task(&format!("t{i}"), "work", json!({})).await;
     }
@@ -465,12 +334,7 @@ async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
         let (tenant, most) = (&tenant, &most);
         async move {
             most.set(most.get().max(tenant.live_pods().await.len()));
-            let tasks = tenant
-                .tasks()
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items;
+            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
             tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
         }
     })
@@ -480,12 +344,7 @@ async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
     let mut total = 0;
     for t in &tasks {
         let s = t.status.as_ref().unwrap();
-        assert_eq!(
-            s.phase,
-            Some(TaskPhase::Completed),
-            "{}: {s:?}",
-            t.name_any()
-        );
+        assert_eq!(s.phase, Some(TaskPhase::Completed), "{}: {s:?}", t.name_any());
         assert_eq!(s.attempts, Some(1), "{} started one pod", t.name_any());
         assert_eq!(s.pod_name.as_deref(), Some(t.name_any().as_str()));
         total += s.credits_used.unwrap();
@@ -494,11 +353,7 @@ async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
         Some(tenant.account().await).filter(|a| a.credits_used() == total)
     })
     .await;
-    assert_eq!(
-        account.status.unwrap().recent_charges.len(),
-        9,
-        "each task charged once"
-    );
+    assert_eq!(account.status.unwrap().recent_charges.len(), 9, "each task charged once");
     tenant.cleanup().await;
 }
 
@@ -542,61 +397,22 @@ async fn invalid_objects_are_rejected_at_apply_time() {
     for (object, expected) in cases {
         let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&object.to_string()));
         assert!(!ok, "{object} was accepted");
-        assert!(
-            out.contains(expected),
-            "rejection of {object} should mention {expected:?}: {out}"
-        );
+        assert!(out.contains(expected), "rejection of {object} should mention {expected:?}: {out}");
     }
     // The spec of a task cannot change once created, but cancel can be set.
     let tenant = Tenant::new("immutable", "pro", 0).await;
     tenant.task("t", "nothing", json!({})).await;
-    let (ok, out) = kubectl(
-        &[
-            "patch",
-            "gt",
-            "t",
-            "-n",
-            &tenant.name,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"priority":5}}"#,
-        ],
-        None,
-    );
+    let (ok, out) =
+        kubectl(&["patch", "gt", "t", "-n", &tenant.name, "--type=merge", "-p", r#"{"spec":{"priority":5}}"#], None);
     assert!(!ok && out.contains("cannot change"), "{out}");
-    let (ok, out) = kubectl(
-        &[
-            "patch",
-            "gt",
-            "t",
-            "-n",
-            &tenant.name,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"cancel":true}}"#,
-        ],
-        None,
-    );
+    let (ok, out) =
+        kubectl(&["patch", "gt", "t", "-n", &tenant.name, "--type=merge", "-p", r#"{"spec":{"cancel":true}}"#], None);
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(
-        &[
-            "patch",
-            "gt",
-            "t",
-            "-n",
-            &tenant.name,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"cancel":false}}"#,
-        ],
-        None,
-    );
+    let (ok, out) =
+        kubectl(&["patch", "gt", "t", "-n", &tenant.name, "--type=merge", "-p", r#"{"spec":{"cancel":false}}"#], None);
     assert!(!ok && out.contains("cannot be withdrawn"), "{out}");
     let (ok, out) = kubectl(&["explain", "gputask.spec.input"], None);
-    assert!(
-        ok && out.contains("RUNPLANE_INPUT"),
-        "kubectl explain describes fields: {out}"
-    );
+    assert!(ok && out.contains("RUNPLANE_INPUT"), "kubectl explain describes fields: {out}");
     tenant.cleanup().await;
 }
 
@@ -606,16 +422,10 @@ async fn pod_deleted_by_someone_else_is_retried() {
     sweep().await;
     let _controller = Controller::start(&[]).await;
     let tenant = Tenant::new("retry", "pro", 1000).await;
-    tenant
-        .template("work", "forever", json!({"maxRetries": 1}))
-        .await;
+    tenant.template("work", "forever", json!({"maxRetries": 1})).await;
     tenant.task("t", "work", json!({})).await;
     tenant.wait_phase("t", TaskPhase::Running, MINUTE).await;
-    tenant
-        .pods()
-        .delete("t", &DeleteParams::default())
-        .await
-        .unwrap();
+    tenant.pods().delete("t", &DeleteParams::default()).await.unwrap();
     let pods = tenant.pods();
     wait_for("the retry's pod", MINUTE, || {
         let pods = pods.clone();
@@ -640,47 +450,22 @@ async fn the_real_scheduler_keeps_an_oversized_pod_pending() {
         .unwrap()
         .items
         .iter()
-        .filter_map(|n| {
-            Some((
-                n.name_any(),
-                n.status
-                    .as_ref()?
-                    .capacity
-                    .as_ref()?
-                    .get("nvidia.com/gpu")?
-                    .0
-                    .clone(),
-            ))
-        })
+        .filter_map(|n| Some((n.name_any(), n.status.as_ref()?.capacity.as_ref()?.get("nvidia.com/gpu")?.0.clone())))
         .collect();
-    assert!(
-        gpus.len() >= 2 && gpus.values().all(|g| g == "8"),
-        "fake GPU nodes: {gpus:?}"
-    );
+    assert!(gpus.len() >= 2 && gpus.values().all(|g| g == "8"), "fake GPU nodes: {gpus:?}");
     let tenant = Tenant::new("sched", "pro", 0).await;
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "too-big"},
         "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "9"}}}]}
     }))
     .unwrap();
-    tenant
-        .pods()
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
+    tenant.pods().create(&PostParams::default(), &pod).await.unwrap();
     let pods = tenant.pods();
     let pod = wait_for("the scheduler to give up on the pod", MINUTE, || {
         let pods = pods.clone();
         async move {
             let pod = pods.get("too-big").await.ok()?;
-            let cond = pod
-                .status
-                .as_ref()?
-                .conditions
-                .as_ref()?
-                .iter()
-                .find(|c| c.type_ == "PodScheduled")?
-                .clone();
+            let cond = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled")?.clone();
             (cond.reason.as_deref() == Some("Unschedulable")).then_some(pod)
         }
     })
@@ -694,11 +479,7 @@ async fn two_replicas_one_leader_and_a_failover_within_the_lease() {
     let _cluster = serial();
     sweep().await;
     let lease = format!("runplane-e2e-{:06x}", rand_u32() & 0xffffff);
-    let flags = [
-        "--leader-election=true",
-        "--lease-duration=4",
-        "--lease-namespace=default",
-    ];
+    let flags = ["--leader-election=true", "--lease-duration=4", "--lease-namespace=default"];
     let mut args: Vec<&str> = flags.to_vec();
     let lease_flag = format!("--lease-name={lease}");
     args.push(&lease_flag);
@@ -713,7 +494,11 @@ async fn two_replicas_one_leader_and_a_failover_within_the_lease() {
     })
     .await;
     let mut replicas = [first, second];
-    let tenant = Tenant::with_spec("ha", json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 2, "requestsPerMinute": 60}})).await;
+    let tenant = Tenant::with_spec(
+        "ha",
+        json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 2, "requestsPerMinute": 60}}),
+    )
+    .await;
     tenant.template("work", "2s", json!({})).await;
     for i in 0..6 {
         tenant.task(&format!("t{i}"), "work", json!({})).await;
@@ -723,47 +508,24 @@ async fn two_replicas_one_leader_and_a_failover_within_the_lease() {
     assert!(!replicas[standby].is_leader().await);
     replicas[leader].kill9();
     let killed = std::time::Instant::now();
-    wait_for(
-        "the standby to take the lease",
-        Duration::from_secs(20),
-        || async { replicas[standby].is_leader().await.then_some(()) },
-    )
+    wait_for("the standby to take the lease", Duration::from_secs(20), || async {
+        replicas[standby].is_leader().await.then_some(())
+    })
     .await;
-    assert!(
-        killed.elapsed() < Duration::from_secs(12),
-        "failover took {:?}",
-        killed.elapsed()
-    );
+    assert!(killed.elapsed() < Duration::from_secs(12), "failover took {:?}", killed.elapsed());
     let most = Cell::new(0);
     let tasks = wait_for("all tasks to finish after the failover", 2 * MINUTE, || {
         let (tenant, most) = (&tenant, &most);
         async move {
             most.set(most.get().max(tenant.live_pods().await.len()));
-            let tasks = tenant
-                .tasks()
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items;
+            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
             tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
         }
     })
     .await;
-    assert!(
-        most.get() <= 2,
-        "{} pods at once with a limit of 2",
-        most.get()
-    );
-    assert!(
-        tasks
-            .iter()
-            .all(|t| t.phase() == Some(TaskPhase::Completed))
-    );
-    assert!(
-        tasks
-            .iter()
-            .all(|t| t.status.as_ref().unwrap().attempts == Some(1))
-    );
+    assert!(most.get() <= 2, "{} pods at once with a limit of 2", most.get());
+    assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    assert!(tasks.iter().all(|t| t.status.as_ref().unwrap().attempts == Some(1)));
     tenant.cleanup().await;
     let _ = kubectl(&["delete", "lease", "-n", "default", &lease], None);
 }

@@ -39,12 +39,7 @@ pub struct Counts {
 }
 
 enum Message {
-    Charge {
-        account: String,
-        task_uid: String,
-        credits: i64,
-        done: oneshot::Sender<Result<()>>,
-    },
+    Charge { account: String, task_uid: String, credits: i64, done: oneshot::Sender<Result<()>> },
     Counts(BTreeMap<String, Counts>),
 }
 
@@ -59,12 +54,7 @@ impl AccountWriter {
     pub async fn charge(&self, account: &str, task_uid: &str, credits: i64) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Message::Charge {
-                account: account.into(),
-                task_uid: task_uid.into(),
-                credits,
-                done,
-            })
+            .send(Message::Charge { account: account.into(), task_uid: task_uid.into(), credits, done })
             .await
             .map_err(|_| Error::AccountWriterGone)?;
         wait.await.map_err(|_| Error::AccountWriterGone)?
@@ -118,16 +108,8 @@ impl Writer {
             let mut next = first;
             loop {
                 match next.take() {
-                    Some(Message::Charge {
-                        account,
-                        task_uid,
-                        credits,
-                        done,
-                    }) => {
-                        charges
-                            .entry(account)
-                            .or_default()
-                            .push((task_uid, credits, done));
+                    Some(Message::Charge { account, task_uid, credits, done }) => {
+                        charges.entry(account).or_default().push((task_uid, credits, done));
                         batch += 1;
                     }
                     Some(Message::Counts(counts)) => self.counts = counts,
@@ -171,26 +153,17 @@ impl Writer {
     }
 
     async fn try_charge(&mut self, account: &str, pending: &[PendingCharge]) -> Result<()> {
-        let charge_err = |source| Error::Charge {
-            account: account.into(),
-            source,
-        };
+        let charge_err = |source| Error::Charge { account: account.into(), source };
         let mut current = self.api.get(account).await.map_err(charge_err)?;
         let mut status = current.status.clone().unwrap_or_default();
-        let charges: Vec<(String, i64)> = pending
-            .iter()
-            .map(|(uid, credits, _)| (uid.clone(), *credits))
-            .collect();
+        let charges: Vec<(String, i64)> = pending.iter().map(|(uid, credits, _)| (uid.clone(), *credits)).collect();
         let (added, charged) = apply_charges(&mut status, &charges, RECENT_CHARGES);
         if charged == 0 {
             return Ok(());
         }
         self.fill(&current, &mut status);
         current.status = Some(status);
-        self.api
-            .replace_status(account, &PostParams::default(), &current)
-            .await
-            .map_err(charge_err)?;
+        self.api.replace_status(account, &PostParams::default(), &current).await.map_err(charge_err)?;
         self.last_count_write.insert(account.into(), Instant::now());
         self.metrics.charges.inc_by(charged);
         self.metrics.credits_charged.inc_by(added.max(0) as u64);
@@ -200,11 +173,7 @@ impl Writer {
 
     /// Balance, counts and observed generation, derived from the spec and the latest counts.
     fn fill(&self, account: &GpuAccount, status: &mut GpuAccountStatus) {
-        let counts = self
-            .counts
-            .get(&account.name_any())
-            .copied()
-            .unwrap_or_default();
+        let counts = self.counts.get(&account.name_any()).copied().unwrap_or_default();
         status.balance = account.spec.credits - status.credits_used;
         status.running = counts.running;
         status.queued = counts.queued;
@@ -216,11 +185,7 @@ impl Writer {
     async fn write_counts(&mut self) {
         for account in self.cache.state() {
             let name = account.name_any();
-            if self
-                .last_count_write
-                .get(&name)
-                .is_some_and(|t| t.elapsed() < COUNTS_INTERVAL)
-            {
+            if self.last_count_write.get(&name).is_some_and(|t| t.elapsed() < COUNTS_INTERVAL) {
                 continue;
             }
             let current = account.status.clone().unwrap_or_default();
@@ -231,11 +196,7 @@ impl Writer {
             }
             let mut updated = (*account).clone();
             updated.status = Some(desired);
-            match self
-                .api
-                .replace_status(&name, &PostParams::default(), &updated)
-                .await
-            {
+            match self.api.replace_status(&name, &PostParams::default(), &updated).await {
                 Ok(_) => {
                     self.last_count_write.insert(name, Instant::now());
                 }

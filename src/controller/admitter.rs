@@ -59,11 +59,7 @@ enum Blocked {
 
 impl Admitter {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Self {
-            ctx,
-            inflight: HashMap::new(),
-            written: HashMap::new(),
-        }
+        Self { ctx, inflight: HashMap::new(), written: HashMap::new() }
     }
 
     pub async fn run(mut self, changed: Arc<Notify>) {
@@ -85,10 +81,7 @@ impl Admitter {
         let caches = &ctx.caches;
 
         // Capacity held by existing pods and pods created but not yet seen.
-        let mut cluster = ClusterUsage {
-            quota: self.quota(&caches.nodes.state()),
-            in_use: BTreeMap::new(),
-        };
+        let mut cluster = ClusterUsage { quota: self.quota(&caches.nodes.state()), in_use: BTreeMap::new() };
         let mut running: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new(); // account → (pods, gpus, per-run reserved)
         let mut live: HashSet<(String, String)> = HashSet::new();
         for pod in caches.pods.state() {
@@ -96,22 +89,11 @@ impl Admitter {
             self.inflight.remove(&key);
             live.insert(key);
             if holds_capacity(&pod) {
-                let account = pod
-                    .labels()
-                    .get(crate::resources::labels::ACCOUNT)
-                    .cloned()
-                    .unwrap_or_default();
-                add_usage(
-                    &mut running,
-                    &mut cluster,
-                    &account,
-                    &pod_gpus(&pod),
-                    frozen_price(&pod).per_run,
-                );
+                let account = pod.labels().get(crate::resources::labels::ACCOUNT).cloned().unwrap_or_default();
+                add_usage(&mut running, &mut cluster, &account, &pod_gpus(&pod), frozen_price(&pod).per_run);
             }
         }
-        self.inflight
-            .retain(|_, f| f.since.elapsed() < INFLIGHT_TTL);
+        self.inflight.retain(|_, f| f.since.elapsed() < INFLIGHT_TTL);
         for (key, f) in &self.inflight {
             live.insert(key.clone());
             add_usage(&mut running, &mut cluster, &f.account, &f.gpus, f.per_run);
@@ -119,10 +101,7 @@ impl Admitter {
 
         let mut usage = BTreeMap::new();
         for account in caches.accounts.state() {
-            let (pods, gpus, reserved) = running
-                .get(&account.name_any())
-                .copied()
-                .unwrap_or_default();
+            let (pods, gpus, reserved) = running.get(&account.name_any()).copied().unwrap_or_default();
             usage.insert(
                 account.name_any(),
                 AccountUsage {
@@ -144,18 +123,12 @@ impl Admitter {
         let mut queued: BTreeMap<String, i32> = BTreeMap::new();
         for task in caches.tasks.state() {
             let status = task.status.clone().unwrap_or_default();
-            *phases
-                .entry(status.phase.unwrap_or(TaskPhase::Queued))
-                .or_default() += 1;
-            if task.is_terminal() || task.metadata.deletion_timestamp.is_some() || task.spec.cancel
-            {
+            *phases.entry(status.phase.unwrap_or(TaskPhase::Queued)).or_default() += 1;
+            if task.is_terminal() || task.metadata.deletion_timestamp.is_some() || task.spec.cancel {
                 continue;
             }
             let namespace = task.namespace().unwrap_or_default();
-            let account = owners
-                .get(&namespace)
-                .and_then(|o| o.as_ref().ok())
-                .map(|a| a.name_any());
+            let account = owners.get(&namespace).and_then(|o| o.as_ref().ok()).map(|a| a.name_any());
             if status.pod_name.is_some() {
                 continue;
             }
@@ -176,10 +149,7 @@ impl Admitter {
                     continue;
                 }
                 Some(Err(names)) => {
-                    let why = format!(
-                        "namespace {namespace} is claimed by several accounts: {}",
-                        names.join(", ")
-                    );
+                    let why = format!("namespace {namespace} is claimed by several accounts: {}", names.join(", "));
                     blocked.push((task, Blocked::Waiting(WaitReason::NoAccount, why), None));
                     continue;
                 }
@@ -188,11 +158,7 @@ impl Admitter {
             let template_name = &task.spec.template_ref.name;
             let Some(template) = caches.template(&namespace, template_name) else {
                 let why = format!("GpuTemplate {template_name} not found in {namespace}");
-                blocked.push((
-                    task,
-                    Blocked::Waiting(WaitReason::TemplateNotFound, why),
-                    Some(account),
-                ));
+                blocked.push((task, Blocked::Waiting(WaitReason::TemplateNotFound, why), Some(account)));
                 continue;
             };
             let schema = schemas
@@ -203,11 +169,7 @@ impl Admitter {
                 Err(e) => Err(e.clone()),
             };
             if let Err(why) = checked {
-                blocked.push((
-                    task,
-                    Blocked::Invalid(codes::INVALID_INPUT, why),
-                    Some(account),
-                ));
+                blocked.push((task, Blocked::Invalid(codes::INVALID_INPUT, why), Some(account)));
                 continue;
             }
             let key = TaskKey::new(namespace, task.name_any());
@@ -215,17 +177,9 @@ impl Admitter {
                 key: key.clone(),
                 account: account.clone(),
                 priority: task.spec.priority,
-                created: task
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0)
-                    .unwrap_or(now),
+                created: task.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now),
                 gpus: i64::from(template.spec.gpus),
-                resource: template
-                    .spec
-                    .gpu_resource(&ctx.config.pod.gpu_resource)
-                    .to_string(),
+                resource: template.spec.gpu_resource(&ctx.config.pod.gpu_resource).to_string(),
                 per_run_price: template.spec.price.per_run,
             });
             by_key.insert(key, (task, account));
@@ -237,20 +191,12 @@ impl Admitter {
         let mut creates = Vec::new();
         for key in &decision.admitted {
             let (task, account) = &by_key[key];
-            let Some(template) = caches.template(&key.namespace, &task.spec.template_ref.name)
-            else {
+            let Some(template) = caches.template(&key.namespace, &task.spec.template_ref.name) else {
                 continue;
             };
             let attempt = task.status.as_ref().and_then(|s| s.attempts).unwrap_or(0);
             let token = ctx.config.progress_token(task);
-            let pod = desired_pod(
-                task,
-                &template,
-                account,
-                attempt,
-                &ctx.config.pod,
-                token.as_deref(),
-            );
+            let pod = desired_pod(task, &template, account, attempt, &ctx.config.pod, token.as_deref());
             let pod_key = (key.namespace.clone(), pod.name_any());
             self.inflight.insert(
                 pod_key.clone(),
@@ -264,9 +210,7 @@ impl Admitter {
             if attempt == 0
                 && let Some(created) = &task.metadata.creation_timestamp
             {
-                ctx.metrics
-                    .queue_wait
-                    .observe(now.duration_since(created.0).as_secs_f64().max(0.0));
+                ctx.metrics.queue_wait.observe(now.duration_since(created.0).as_secs_f64().max(0.0));
             }
             creates.push((pod_key, pod));
         }
@@ -289,9 +233,7 @@ impl Admitter {
             .filter_map(|k| async move { k })
             .collect()
             .await;
-        ctx.metrics
-            .admissions
-            .inc_by((decision.admitted.len() - failed.len()) as u64);
+        ctx.metrics.admissions.inc_by((decision.admitted.len() - failed.len()) as u64);
         for key in failed {
             self.inflight.remove(&key);
         }
@@ -301,11 +243,7 @@ impl Admitter {
         for (key, reason) in &decision.waiting {
             let (task, account) = &by_key[key];
             let message = wait_message(*reason);
-            writes.push((
-                task.clone(),
-                Blocked::Waiting(*reason, message),
-                Some(account.clone()),
-            ));
+            writes.push((task.clone(), Blocked::Waiting(*reason, message), Some(account.clone())));
         }
         writes.extend(blocked);
         let mut status_writes = Vec::new();
@@ -354,12 +292,8 @@ impl Admitter {
             self.written.clear();
         }
 
-        let live_tasks: HashMap<String, Arc<GpuTask>> = caches
-            .tasks
-            .state()
-            .into_iter()
-            .filter_map(|t| Some((t.metadata.uid.clone()?, t)))
-            .collect();
+        let live_tasks: HashMap<String, Arc<GpuTask>> =
+            caches.tasks.state().into_iter().filter_map(|t| Some((t.metadata.uid.clone()?, t))).collect();
         super::tasks::reap_orphans(&ctx, &live_tasks).await;
 
         // Usage for account status and metrics.
@@ -368,34 +302,18 @@ impl Admitter {
             let name = account.name_any();
             let (pods, gpus, _) = running.get(&name).copied().unwrap_or_default();
             let queued = queued.get(&name).copied().unwrap_or(0);
-            counts.insert(
-                name,
-                Counts {
-                    running: pods as i32,
-                    queued,
-                    gpus_in_use: gpus,
-                },
-            );
+            counts.insert(name, Counts { running: pods as i32, queued, gpus_in_use: gpus });
         }
         ctx.accounts.counts(counts);
         for phase in TaskPhase::ALL {
-            ctx.metrics
-                .tasks
-                .with_label_values(&[phase.as_str()])
-                .set(phases.get(&phase).copied().unwrap_or(0));
+            ctx.metrics.tasks.with_label_values(&[phase.as_str()]).set(phases.get(&phase).copied().unwrap_or(0));
         }
         for (resource, quota) in &cluster.quota {
-            ctx.metrics
-                .gpu_quota
-                .with_label_values(&[resource.as_str()])
-                .set(*quota);
+            ctx.metrics.gpu_quota.with_label_values(&[resource.as_str()]).set(*quota);
         }
         for resource in cluster.quota.keys().chain(cluster.in_use.keys()) {
             let used = cluster.in_use.get(resource).copied().unwrap_or(0);
-            ctx.metrics
-                .gpus_in_use
-                .with_label_values(&[resource.as_str()])
-                .set(used);
+            ctx.metrics.gpus_in_use.with_label_values(&[resource.as_str()]).set(used);
         }
     }
 
@@ -423,22 +341,11 @@ impl Admitter {
                 next.message = Some(message.clone());
                 next.completed_at = Some(Time(now));
                 next.credits_used = Some(0);
-                set_condition(
-                    &mut next,
-                    conditions::FINISHED,
-                    true,
-                    "InvalidInput",
-                    message,
-                    now,
-                );
+                set_condition(&mut next, conditions::FINISHED, true, "InvalidInput", message, now);
             }
             Blocked::Waiting(reason, message) => {
                 let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
-                if self
-                    .written
-                    .get(&key)
-                    .is_some_and(|(rv, r)| rv == &task.resource_version() && r == reason)
-                {
+                if self.written.get(&key).is_some_and(|(rv, r)| rv == &task.resource_version() && r == reason) {
                     return None; // our write has not reached the cache yet
                 }
                 if current.phase == Some(TaskPhase::Queued)
@@ -450,14 +357,7 @@ impl Admitter {
                 next.phase = Some(TaskPhase::Queued);
                 next.wait_reason = Some(*reason);
                 next.message = Some(message.clone());
-                set_condition(
-                    &mut next,
-                    conditions::ADMITTED,
-                    false,
-                    reason.as_str(),
-                    message,
-                    now,
-                );
+                set_condition(&mut next, conditions::ADMITTED, false, reason.as_str(), message, now);
             }
         }
         (next != current).then_some(next)
@@ -472,21 +372,11 @@ impl Admitter {
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let schedulable = !node
-                .spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false);
+            let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
             if !ready || !schedulable {
                 continue;
             }
-            for (name, quantity) in node
-                .status
-                .as_ref()
-                .and_then(|s| s.allocatable.as_ref())
-                .into_iter()
-                .flatten()
-            {
+            for (name, quantity) in node.status.as_ref().and_then(|s| s.allocatable.as_ref()).into_iter().flatten() {
                 if name.contains('/')
                     && let Ok(n) = quantity.0.parse::<i64>()
                 {
@@ -506,19 +396,14 @@ fn wait_message(reason: WaitReason) -> String {
     match reason {
         WaitReason::AccountLimit => "the account is at its concurrency or GPU limit".into(),
         WaitReason::ClusterQuota => "waiting for free GPUs in the cluster".into(),
-        WaitReason::InsufficientCredits => {
-            "the account's balance does not cover the template's per-run price".into()
-        }
+        WaitReason::InsufficientCredits => "the account's balance does not cover the template's per-run price".into(),
         other => other.as_str().into(),
     }
 }
 
 /// A pod holds capacity until it has finished.
 fn holds_capacity(pod: &Pod) -> bool {
-    !matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 fn add_usage(

@@ -39,93 +39,61 @@ fn trim<K: Resource>(obj: &mut K) {
 }
 
 /// Starts the reflectors. Every change pokes `changed`, which wakes admission.
-pub fn start(
-    client: Client,
-    changed: Arc<Notify>,
-) -> (Caches, Subscriptions, Vec<tokio::task::JoinHandle<()>>) {
+pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Subscriptions, Vec<tokio::task::JoinHandle<()>>) {
     let mut handles = Vec::new();
 
     let (tasks, task_writer) = reflector::store_shared::<GpuTask>(4096);
     let task_sub = task_writer.subscribe().expect("shared store");
-    let stream = watcher(
-        Api::<GpuTask>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(trim)
-    .reflect_shared(task_writer);
+    let stream = watcher(Api::<GpuTask>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim)
+        .reflect_shared(task_writer);
     handles.push(drive("gputasks", stream, changed.clone()));
 
     let (pods, pod_writer) = reflector::store_shared::<Pod>(4096);
     let pod_sub = pod_writer.subscribe().expect("shared store");
-    let stream = watcher(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default()
-            .labels(labels::TASK)
-            .any_semantic(),
-    )
-    .default_backoff()
-    .modify(|pod: &mut Pod| {
-        trim(pod);
-        // The input can be large and is on the task already.
-        if let Some(spec) = pod.spec.as_mut() {
-            for c in &mut spec.containers {
-                c.env = None;
-            }
-        }
-    })
-    .reflect_shared(pod_writer);
+    let stream =
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(labels::TASK).any_semantic())
+            .default_backoff()
+            .modify(|pod: &mut Pod| {
+                trim(pod);
+                // The input can be large and is on the task already.
+                if let Some(spec) = pod.spec.as_mut() {
+                    for c in &mut spec.containers {
+                        c.env = None;
+                    }
+                }
+            })
+            .reflect_shared(pod_writer);
     handles.push(drive("pods", stream, changed.clone()));
 
     let (accounts, writer) = reflector::store::<GpuAccount>();
-    let stream = watcher(
-        Api::<GpuAccount>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(trim)
-    .reflect(writer);
+    let stream = watcher(Api::<GpuAccount>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
     handles.push(drive("gpuaccounts", stream, changed.clone()));
 
     let (templates, writer) = reflector::store::<GpuTemplate>();
-    let stream = watcher(
-        Api::<GpuTemplate>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(trim)
-    .reflect(writer);
+    let stream = watcher(Api::<GpuTemplate>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
     handles.push(drive("gputemplates", stream, changed.clone()));
 
     let (nodes, writer) = reflector::store::<Node>();
-    let stream = watcher(
-        Api::<Node>::all(client),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(|node: &mut Node| {
-        trim(node);
-        if let Some(status) = node.status.as_mut() {
-            status.images = None;
-        }
-    })
-    .reflect(writer);
+    let stream = watcher(Api::<Node>::all(client), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|node: &mut Node| {
+            trim(node);
+            if let Some(status) = node.status.as_mut() {
+                status.images = None;
+            }
+        })
+        .reflect(writer);
     handles.push(drive("nodes", stream, changed));
 
-    (
-        Caches {
-            tasks,
-            pods,
-            accounts,
-            templates,
-            nodes,
-        },
-        Subscriptions {
-            tasks: task_sub,
-            pods: pod_sub,
-        },
-        handles,
-    )
+    (Caches { tasks, pods, accounts, templates, nodes }, Subscriptions { tasks: task_sub, pods: pod_sub }, handles)
 }
 
 fn drive<S, T>(kind: &'static str, stream: S, changed: Arc<Notify>) -> tokio::task::JoinHandle<()>
@@ -169,20 +137,11 @@ impl Caches {
         let name = task.name_any();
         let status = task.status.clone().unwrap_or_default();
         let attempts = status.attempts.unwrap_or(0);
-        let owned = |pod: &Arc<Pod>| {
-            pod.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == task.metadata.uid.as_ref())
-        };
-        if let Some(pod) = self
-            .pod(&namespace, &pod_name(&name, attempts))
-            .filter(owned)
-        {
+        let owned = |pod: &Arc<Pod>| pod.owner_references().iter().any(|o| Some(&o.uid) == task.metadata.uid.as_ref());
+        if let Some(pod) = self.pod(&namespace, &pod_name(&name, attempts)).filter(owned) {
             return Some(pod);
         }
-        let recorded = status
-            .pod_name
-            .or_else(|| (attempts > 0).then(|| pod_name(&name, attempts - 1)))?;
+        let recorded = status.pod_name.or_else(|| (attempts > 0).then(|| pod_name(&name, attempts - 1)))?;
         self.pod(&namespace, &recorded).filter(owned)
     }
 

@@ -15,6 +15,7 @@ mod caches;
 pub mod error;
 mod server;
 mod tasks;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +48,9 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub leader_election: Option<LeaderElection>,
     pub reconcile_concurrency: u16,
+    /// The controller's own namespace (default home of webhook signing Secrets).
+    pub namespace: String,
+    pub webhooks: crate::domain::webhook::WebhookConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -61,10 +65,7 @@ impl Config {
     /// The token a task's workload presents to the progress callback.
     pub fn progress_token(&self, task: &GpuTask) -> Option<String> {
         let key = self.callback_key.as_ref()?;
-        Some(crate::domain::progress_token(
-            key,
-            task.metadata.uid.as_deref().unwrap_or_default(),
-        ))
+        Some(crate::domain::progress_token(key, task.metadata.uid.as_deref().unwrap_or_default()))
     }
 }
 
@@ -84,16 +85,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let changed = Arc::new(Notify::new());
     let (caches, subscriptions, _reflectors) = caches::start(client.clone(), changed.clone());
     let ready = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(server::serve(
-        config.metrics_addr,
-        metrics.clone(),
-        ready.clone(),
-    ));
+    let server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
 
-    caches
-        .wait_until_ready()
-        .await
-        .map_err(|e| anyhow::anyhow!("caches never filled: {e}"))?;
+    caches.wait_until_ready().await.map_err(|e| anyhow::anyhow!("caches never filled: {e}"))?;
     ready.store(true, Ordering::SeqCst);
     tracing::info!("caches ready");
 
@@ -109,22 +103,13 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let identity = config.leader_election.as_ref().map(|l| l.identity.clone());
     let recorder = Recorder::new(
         client.clone(),
-        Reporter {
-            controller: crate::resources::managers::CONTROLLER.into(),
-            instance: identity,
-        },
+        Reporter { controller: crate::resources::managers::CONTROLLER.into(), instance: identity },
     );
     let accounts = accounts::start(client.clone(), caches.accounts.clone(), metrics.clone());
-    let ctx = Arc::new(Context {
-        client,
-        caches: caches.clone(),
-        config: config.clone(),
-        recorder,
-        metrics,
-        accounts,
-    });
+    let ctx = Arc::new(Context { client, caches: caches.clone(), config: config.clone(), recorder, metrics, accounts });
 
     let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone()).run(changed));
+    let deliverer = tokio::spawn(webhooks::Deliverer::new(ctx.clone(), config.webhooks.clone()).run());
     let reconciler = Controller::for_shared_stream(subscriptions.tasks, caches.tasks.clone())
         .owns_shared_stream(subscriptions.pods)
         .with_config(ControllerConfig::default().concurrency(config.reconcile_concurrency))
@@ -139,6 +124,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = reconciler => tracing::info!("shutting down"),
         r = admitter => tracing::error!(?r, "admission loop stopped"),
+        r = deliverer => tracing::error!(?r, "webhook deliverer stopped"),
         r = server => tracing::error!(?r, "metrics server stopped"),
         lost = async {
             match &_lease {
@@ -214,9 +200,5 @@ mod leader {
 
 /// Prints a short summary of a task for logs.
 pub fn describe(task: &GpuTask) -> String {
-    format!(
-        "{}/{}",
-        task.namespace().unwrap_or_default(),
-        task.name_any()
-    )
+    format!("{}/{}", task.namespace().unwrap_or_default(), task.name_any())
 }

@@ -18,11 +18,7 @@ struct AppState {
     ready: Arc<AtomicBool>,
 }
 
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<ControllerMetrics>,
-    ready: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<ControllerMetrics>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
@@ -35,10 +31,7 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        encode(&state.metrics.registry),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], encode(&state.metrics.registry))
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

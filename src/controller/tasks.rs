@@ -23,41 +23,24 @@ pub async fn reconcile(task: Arc<GpuTask>, ctx: Arc<Context>) -> Result<Action> 
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&task, &ctx).await;
-    ctx.metrics
-        .reconcile_duration
-        .with_label_values(&[] as &[&str])
-        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics.reconcile_duration.with_label_values(&[] as &[&str]).observe(started.elapsed().as_secs_f64());
     result
 }
 
 pub fn error_policy(_task: Arc<GpuTask>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[error.category()])
-        .inc();
+    ctx.metrics.reconcile_errors.with_label_values(&[error.category()]).inc();
     if !matches!(error, Error::Kube(kube::Error::Api(s)) if s.code == 409) {
         tracing::warn!(%error, "reconcile failed");
     }
-    Action::requeue(Duration::from_secs(if error.category() == "conflict" {
-        1
-    } else {
-        5
-    }))
+    Action::requeue(Duration::from_secs(if error.category() == "conflict" { 1 } else { 5 }))
 }
 
 async fn reconcile_inner(task: &GpuTask, ctx: &Context) -> Result<Action> {
     let namespace = task.namespace().unwrap_or_default();
     let pod = ctx.caches.current_pod(task);
-    let max_retries = ctx
-        .caches
-        .template(&namespace, &task.spec.template_ref.name)
-        .map(|t| t.spec.max_retries);
-    let view = TaskView {
-        task,
-        max_retries,
-        pod: pod.as_deref(),
-        now: Timestamp::now(),
-    };
+    let max_retries = ctx.caches.template(&namespace, &task.spec.template_ref.name).map(|t| t.spec.max_retries);
+    let webhook_pending = task.is_terminal() && super::webhooks::pending(ctx, task);
+    let view = TaskView { task, max_retries, pod: pod.as_deref(), now: Timestamp::now(), webhook_pending };
     let plan = lifecycle::plan(view, &ctx.config.lifecycle);
     apply(task, pod.as_deref(), plan, ctx).await
 }
@@ -75,13 +58,7 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
             .and_then(|s| s.account.clone())
             .or_else(|| pod.and_then(|p| p.labels().get(labels::ACCOUNT).cloned()))
             .ok_or_else(|| Error::NoAccount(format!("{namespace}/{name}")))?;
-        ctx.accounts
-            .charge(
-                &account,
-                task.metadata.uid.as_deref().unwrap_or_default(),
-                credits,
-            )
-            .await?;
+        ctx.accounts.charge(&account, task.metadata.uid.as_deref().unwrap_or_default(), credits).await?;
     }
 
     if let Some(status) = &plan.status {
@@ -91,11 +68,7 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
 
     if let Some(event) = plan.event {
         let event = Event {
-            type_: if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            type_: if event.warning { EventType::Warning } else { EventType::Normal },
             reason: event.reason.into(),
             note: Some(event.note),
             action: "Reconcile".into(),
@@ -114,10 +87,7 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
             release(&pods, pod).await?;
         }
         if plan.delete_pod {
-            let params = DeleteParams {
-                preconditions: uid_precondition(pod),
-                ..DeleteParams::background()
-            };
+            let params = DeleteParams { preconditions: uid_precondition(pod), ..DeleteParams::background() };
             match pods.delete(&pod_name, &params).await {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
@@ -127,10 +97,7 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
     }
 
     if plan.delete_task {
-        let params = DeleteParams {
-            preconditions: uid_precondition(task),
-            ..DeleteParams::background()
-        };
+        let params = DeleteParams { preconditions: uid_precondition(task), ..DeleteParams::background() };
         match tasks.delete(&name, &params).await {
             Ok(_) => tracing::info!("deleted finished task after its TTL"),
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
@@ -147,11 +114,9 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
 
 /// Writes a task's whole status with server-side apply, only if the task is
 /// still at the version the decision was made from.
-pub async fn write_status(
-    api: &Api<GpuTask>,
-    task: &GpuTask,
-    status: &GpuTaskStatus,
-) -> Result<GpuTask> {
+pub async fn write_status(api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskStatus) -> Result<GpuTask> {
+    // status.webhook belongs to the webhook deliverer's field manager.
+    let status = GpuTaskStatus { webhook: None, ..status.clone() };
     let patch = json!({
         "apiVersion": GpuTask::api_version(&()),
         "kind": GpuTask::kind(&()),
@@ -159,28 +124,15 @@ pub async fn write_status(
         "status": status,
     });
     let params = PatchParams::apply(managers::CONTROLLER).force();
-    Ok(api
-        .patch_status(&task.name_any(), &params, &Patch::Apply(&patch))
-        .await?)
+    Ok(api.patch_status(&task.name_any(), &params, &Patch::Apply(&patch)).await?)
 }
 
 /// Removes runplane's finalizer from a pod, leaving any others.
 async fn release(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
-    let remaining: Vec<String> = pod
-        .finalizers()
-        .iter()
-        .filter(|f| *f != labels::ACCOUNTING_FINALIZER)
-        .cloned()
-        .collect();
+    let remaining: Vec<String> =
+        pod.finalizers().iter().filter(|f| *f != labels::ACCOUNTING_FINALIZER).cloned().collect();
     let patch = json!({ "metadata": { "resourceVersion": pod.resource_version(), "finalizers": remaining } });
-    match pods
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
+    match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(e.into()),
@@ -188,10 +140,7 @@ async fn release(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
 }
 
 fn uid_precondition<K: Resource>(obj: &K) -> Option<Preconditions> {
-    Some(Preconditions {
-        uid: obj.meta().uid.clone(),
-        resource_version: None,
-    })
+    Some(Preconditions { uid: obj.meta().uid.clone(), resource_version: None })
 }
 
 fn observe_transition(ctx: &Context, task: &GpuTask, status: &GpuTaskStatus) {
@@ -212,41 +161,23 @@ fn observe_transition(ctx: &Context, task: &GpuTask, status: &GpuTaskStatus) {
 /// Pods whose task was deleted: charge what they ran (once, by the task's
 /// UID), then let them go. Garbage collection marks them deleting when the
 /// task goes; runplane's finalizer holds them until they are accounted.
-pub async fn reap_orphans(
-    ctx: &Context,
-    live_tasks: &std::collections::HashMap<String, Arc<GpuTask>>,
-) {
+pub async fn reap_orphans(ctx: &Context, live_tasks: &std::collections::HashMap<String, Arc<GpuTask>>) {
     for pod in ctx.caches.pods.state() {
         if !lifecycle::holds_finalizer(&pod) {
             continue;
         }
-        let Some(owner) = pod
-            .owner_references()
-            .iter()
-            .find(|o| o.kind == "GpuTask")
-            .cloned()
-        else {
+        let Some(owner) = pod.owner_references().iter().find(|o| o.kind == "GpuTask").cloned() else {
             continue;
         };
         if let Some(task) = live_tasks.get(&owner.uid) {
             // A pod of an earlier attempt that a retry could not let go.
-            let current = ctx
-                .caches
-                .current_pod(task)
-                .is_some_and(|c| c.name_any() == pod.name_any());
-            let attempt: i32 = pod
-                .labels()
-                .get(labels::ATTEMPT)
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0);
+            let current = ctx.caches.current_pod(task).is_some_and(|c| c.name_any() == pod.name_any());
+            let attempt: i32 = pod.labels().get(labels::ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0);
             let attempts = task.status.as_ref().and_then(|s| s.attempts).unwrap_or(0);
             if !current && attempt < attempts && !task.is_terminal() {
-                let pods: Api<Pod> =
-                    Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
                 if release(&pods, &pod).await.is_ok() && pod.metadata.deletion_timestamp.is_none() {
-                    let _ = pods
-                        .delete(&pod.name_any(), &DeleteParams::background())
-                        .await;
+                    let _ = pods.delete(&pod.name_any(), &DeleteParams::background()).await;
                 }
             }
             continue;

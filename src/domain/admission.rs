@@ -51,8 +51,7 @@ pub struct ClusterUsage {
 
 impl ClusterUsage {
     pub fn free(&self, resource: &str) -> i64 {
-        self.quota.get(resource).copied().unwrap_or(0)
-            - self.in_use.get(resource).copied().unwrap_or(0)
+        self.quota.get(resource).copied().unwrap_or(0) - self.in_use.get(resource).copied().unwrap_or(0)
     }
 }
 
@@ -66,10 +65,7 @@ pub struct Decision {
 }
 
 fn queue_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    b.priority
-        .cmp(&a.priority)
-        .then(a.created.cmp(&b.created))
-        .then(a.key.cmp(&b.key))
+    b.priority.cmp(&a.priority).then(a.created.cmp(&b.created)).then(a.key.cmp(&b.key))
 }
 
 struct AccountQueue {
@@ -101,12 +97,7 @@ impl AccountQueue {
             if self.at_limit() {
                 return None;
             }
-            let reason = if self
-                .usage
-                .limits
-                .gpus
-                .is_some_and(|limit| self.usage.gpus_in_use + task.gpus > limit)
-            {
+            let reason = if self.usage.limits.gpus.is_some_and(|limit| self.usage.gpus_in_use + task.gpus > limit) {
                 Some(WaitReason::AccountLimit)
             } else if task.per_run_price > self.usage.available_credits {
                 Some(WaitReason::InsufficientCredits)
@@ -129,9 +120,7 @@ impl AccountQueue {
     /// Marks every task not yet decided as waiting on the account's limit.
     fn drain_at_limit(&mut self, waiting: &mut BTreeMap<TaskKey, WaitReason>) {
         for task in &self.tasks[self.cursor..] {
-            waiting
-                .entry(task.key.clone())
-                .or_insert(WaitReason::AccountLimit);
+            waiting.entry(task.key.clone()).or_insert(WaitReason::AccountLimit);
         }
         self.cursor = self.tasks.len();
     }
@@ -149,18 +138,12 @@ pub fn admit(
     let mut queues: BTreeMap<String, AccountQueue> = BTreeMap::new();
     for candidate in candidates {
         let Some(usage) = accounts.get(&candidate.account) else {
-            decision
-                .waiting
-                .insert(candidate.key, WaitReason::NoAccount);
+            decision.waiting.insert(candidate.key, WaitReason::NoAccount);
             continue;
         };
         queues
             .entry(candidate.account.clone())
-            .or_insert_with(|| AccountQueue {
-                tasks: Vec::new(),
-                cursor: 0,
-                usage: usage.clone(),
-            })
+            .or_insert_with(|| AccountQueue { tasks: Vec::new(), cursor: 0, usage: usage.clone() })
             .tasks
             .push(candidate);
     }
@@ -178,16 +161,9 @@ pub fn admit(
                 continue;
             };
             let head = &queue.tasks[index];
-            let entry = (
-                queue.share(),
-                head.created,
-                head.key.clone(),
-                name.clone(),
-                index,
-            );
-            let better = best.as_ref().is_none_or(|b| {
-                entry.0 < b.0 || (entry.0 == b.0 && (entry.1, &entry.2) < (b.1, &b.2))
-            });
+            let entry = (queue.share(), head.created, head.key.clone(), name.clone(), index);
+            let better =
+                best.as_ref().is_none_or(|b| entry.0 < b.0 || (entry.0 == b.0 && (entry.1, &entry.2) < (b.1, &b.2)));
             if better {
                 best = Some(entry);
             }
@@ -217,20 +193,11 @@ mod tests {
     const GPU: &str = "nvidia.com/gpu";
 
     fn limits(concurrent: i32) -> EffectiveLimits {
-        EffectiveLimits {
-            concurrent_tasks: concurrent,
-            requests_per_minute: 60,
-            gpus: None,
-        }
+        EffectiveLimits { concurrent_tasks: concurrent, requests_per_minute: 60, gpus: None }
     }
 
     fn usage(concurrent: i32, running: i64, credits: i64) -> AccountUsage {
-        AccountUsage {
-            limits: limits(concurrent),
-            running,
-            gpus_in_use: running,
-            available_credits: credits,
-        }
+        AccountUsage { limits: limits(concurrent), running, gpus_in_use: running, available_credits: credits }
     }
 
     fn cand(account: &str, name: &str, priority: i32, created: i64, gpus: i64) -> Candidate {
@@ -246,10 +213,7 @@ mod tests {
     }
 
     fn cluster(quota: i64, in_use: i64) -> ClusterUsage {
-        ClusterUsage {
-            quota: [(GPU.to_string(), quota)].into(),
-            in_use: [(GPU.to_string(), in_use)].into(),
-        }
+        ClusterUsage { quota: [(GPU.to_string(), quota)].into(), in_use: [(GPU.to_string(), in_use)].into() }
     }
 
     fn names(d: &Decision) -> Vec<&str> {
@@ -260,39 +224,22 @@ mod tests {
     fn priority_then_age_within_an_account() {
         let accounts = [("a".to_string(), usage(2, 0, 100))].into();
         let d = admit(
-            vec![
-                cand("a", "old", 0, 1, 1),
-                cand("a", "new-high", 5, 9, 1),
-                cand("a", "older", 0, 0, 1),
-            ],
+            vec![cand("a", "old", 0, 1, 1), cand("a", "new-high", 5, 9, 1), cand("a", "older", 0, 0, 1)],
             &accounts,
             &cluster(10, 0),
         );
         assert_eq!(names(&d), vec!["new-high", "older"]);
-        assert_eq!(
-            d.waiting[&TaskKey::new("a", "old")],
-            WaitReason::AccountLimit
-        );
+        assert_eq!(d.waiting[&TaskKey::new("a", "old")], WaitReason::AccountLimit);
     }
 
     #[test]
     fn a_deep_queue_does_not_block_another_account() {
-        let accounts = [
-            ("a".to_string(), usage(25, 0, 1000)),
-            ("b".to_string(), usage(5, 0, 1000)),
-        ]
-        .into();
-        let mut candidates: Vec<_> = (0..100)
-            .map(|i| cand("a", &format!("a{i}"), 0, i, 1))
-            .collect();
+        let accounts = [("a".to_string(), usage(25, 0, 1000)), ("b".to_string(), usage(5, 0, 1000))].into();
+        let mut candidates: Vec<_> = (0..100).map(|i| cand("a", &format!("a{i}"), 0, i, 1)).collect();
         candidates.push(cand("b", "b0", 0, 500, 1));
         let d = admit(candidates, &accounts, &cluster(4, 0));
         assert_eq!(d.admitted.len(), 4);
-        assert!(
-            names(&d).contains(&"b0"),
-            "the newer account's only task gets a GPU: {:?}",
-            names(&d)
-        );
+        assert!(names(&d).contains(&"b0"), "the newer account's only task gets a GPU: {:?}", names(&d));
     }
 
     #[test]
@@ -314,27 +261,11 @@ mod tests {
             &accounts,
             &cluster(4, 1),
         );
-        assert_eq!(
-            names(&d),
-            vec!["small"],
-            "backfill: the small task passes the big one"
-        );
-        assert_eq!(
-            d.waiting[&TaskKey::new("full", "f")],
-            WaitReason::AccountLimit
-        );
-        assert_eq!(
-            d.waiting[&TaskKey::new("poor", "p")],
-            WaitReason::InsufficientCredits
-        );
-        assert_eq!(
-            d.waiting[&TaskKey::new("ok", "big")],
-            WaitReason::ClusterQuota
-        );
-        assert_eq!(
-            d.waiting[&TaskKey::new("nobody", "n")],
-            WaitReason::NoAccount
-        );
+        assert_eq!(names(&d), vec!["small"], "backfill: the small task passes the big one");
+        assert_eq!(d.waiting[&TaskKey::new("full", "f")], WaitReason::AccountLimit);
+        assert_eq!(d.waiting[&TaskKey::new("poor", "p")], WaitReason::InsufficientCredits);
+        assert_eq!(d.waiting[&TaskKey::new("ok", "big")], WaitReason::ClusterQuota);
+        assert_eq!(d.waiting[&TaskKey::new("nobody", "n")], WaitReason::NoAccount);
     }
 
     #[test]
@@ -342,11 +273,7 @@ mod tests {
         let mut u = usage(10, 0, 100);
         u.limits.gpus = Some(3);
         let accounts = [("a".to_string(), u)].into();
-        let d = admit(
-            vec![cand("a", "x", 0, 0, 2), cand("a", "y", 0, 1, 2)],
-            &accounts,
-            &cluster(10, 0),
-        );
+        let d = admit(vec![cand("a", "x", 0, 0, 2), cand("a", "y", 0, 1, 2)], &accounts, &cluster(10, 0));
         assert_eq!(names(&d), vec!["x"]);
         assert_eq!(d.waiting[&TaskKey::new("a", "y")], WaitReason::AccountLimit);
     }
@@ -356,11 +283,7 @@ mod tests {
     /// what runs, exactly as the controller recomputes it from its caches.
     #[derive(Clone, Debug)]
     enum Step {
-        Arrive {
-            account: usize,
-            priority: i32,
-            gpus: i64,
-        },
+        Arrive { account: usize, priority: i32, gpus: i64 },
         Finish(usize),
         Restart,
     }

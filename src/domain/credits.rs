@@ -18,11 +18,7 @@ pub struct FrozenPrice {
 
 impl FrozenPrice {
     pub fn new(price: &Price, gpus: i64) -> Self {
-        Self {
-            per_run: price.per_run,
-            per_gpu_second: price.per_gpu_second,
-            gpus,
-        }
+        Self { per_run: price.per_run, per_gpu_second: price.per_gpu_second, gpus }
     }
 }
 
@@ -44,11 +40,7 @@ pub fn charge(price: &FrozenPrice, started: Option<Timestamp>, ended: Timestamp)
 /// Adds charges to an account's status, each task at most once: a charge
 /// whose task UID is among the account's recent charges is skipped. Keeps
 /// the newest `keep` UIDs. Returns (credits added, tasks charged).
-pub fn apply_charges(
-    status: &mut GpuAccountStatus,
-    charges: &[(String, i64)],
-    keep: usize,
-) -> (i64, u64) {
+pub fn apply_charges(status: &mut GpuAccountStatus, charges: &[(String, i64)], keep: usize) -> (i64, u64) {
     let mut added = 0i64;
     let mut charged = 0u64;
     for (uid, credits) in charges {
@@ -75,39 +67,23 @@ mod tests {
 
     #[test]
     fn never_started_costs_nothing() {
-        let price = FrozenPrice {
-            per_run: 10,
-            per_gpu_second: 1.0,
-            gpus: 2,
-        };
+        let price = FrozenPrice { per_run: 10, per_gpu_second: 1.0, gpus: 2 };
         assert_eq!(charge(&price, None, ts(100)), 0);
     }
 
     #[test]
     fn per_run_plus_gpu_seconds_rounded_up() {
-        let price = FrozenPrice {
-            per_run: 10,
-            per_gpu_second: 0.25,
-            gpus: 2,
-        };
+        let price = FrozenPrice { per_run: 10, per_gpu_second: 0.25, gpus: 2 };
         // 2 GPUs × 5 s × 0.25 = 2.5 → 3
         assert_eq!(charge(&price, Some(ts(100)), ts(105)), 13);
         // exact values are not rounded up by float noise: 0.1 × 3 × 10 = 3
-        let price = FrozenPrice {
-            per_run: 0,
-            per_gpu_second: 0.1,
-            gpus: 3,
-        };
+        let price = FrozenPrice { per_run: 0, per_gpu_second: 0.1, gpus: 3 };
         assert_eq!(charge(&price, Some(ts(0)), ts(10)), 3);
     }
 
     #[test]
     fn clock_skew_never_refunds() {
-        let price = FrozenPrice {
-            per_run: 4,
-            per_gpu_second: 1.0,
-            gpus: 1,
-        };
+        let price = FrozenPrice { per_run: 4, per_gpu_second: 1.0, gpus: 1 };
         assert_eq!(charge(&price, Some(ts(100)), ts(90)), 4);
     }
 

@@ -29,11 +29,7 @@ impl InputSchema {
             None => Ok(()),
             Some(error) => {
                 let pointer = error.instance_path().to_string();
-                let path: String = pointer
-                    .split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| format!(".{s}"))
-                    .collect();
+                let path: String = pointer.split('/').filter(|s| !s.is_empty()).map(|s| format!(".{s}")).collect();
                 Err(format!("input{path}: {error}"))
             }
         }
@@ -53,9 +49,7 @@ mod tests {
         }});
         let schema = InputSchema::compile(Some(&schema)).unwrap();
         assert!(schema.check(&json!({"prompt": "a long prompt"})).is_ok());
-        let err = schema
-            .check(&json!({"prompt": "a long prompt", "style": "x"}))
-            .unwrap_err();
+        let err = schema.check(&json!({"prompt": "a long prompt", "style": "x"})).unwrap_err();
         assert!(err.starts_with("input.style:"), "{err}");
         let err = schema.check(&json!({})).unwrap_err();
         assert!(err.contains("prompt"), "{err}");

@@ -50,6 +50,8 @@ pub struct TaskView<'a> {
     /// The pod of the task's current attempt, if it exists.
     pub pod: Option<&'a Pod>,
     pub now: Timestamp,
+    /// A finished task whose webhook is not settled yet is not deleted.
+    pub webhook_pending: bool,
 }
 
 /// An event to record on the task.
@@ -128,25 +130,12 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
 
     let mut next = current.clone();
     next.observed_generation = task.metadata.generation;
-    let attempt: i32 = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::ATTEMPT))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(0);
+    let attempt: i32 =
+        pod.metadata.labels.as_ref().and_then(|l| l.get(labels::ATTEMPT)).and_then(|a| a.parse().ok()).unwrap_or(0);
     next.attempts = Some(current.attempts.unwrap_or(0).max(attempt + 1));
     next.pod_name = pod.metadata.name.clone();
-    next.account = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::ACCOUNT))
-        .cloned()
-        .or(next.account);
-    next.gpus = Some(frozen_price(pod).gpus as i32)
-        .filter(|g| *g > 0)
-        .or(next.gpus);
+    next.account = pod.metadata.labels.as_ref().and_then(|l| l.get(labels::ACCOUNT)).cloned().or(next.account);
+    next.gpus = Some(frozen_price(pod).gpus as i32).filter(|g| *g > 0).or(next.gpus);
     if next.admitted_at.is_none() {
         next.admitted_at = pod.metadata.creation_timestamp.clone();
     }
@@ -156,11 +145,7 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
     }
 
     let deleting = pod.metadata.deletion_timestamp.is_some();
-    let phase = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("Pending");
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
     let mut out = Plan::default();
 
     // A requested cancel wins over whatever the pod is doing.
@@ -170,18 +155,8 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             out.status = changed(&current, next);
             return out;
         }
-        let ended = pod_ended(pod)
-            .or_else(|| deletion_requested_at(pod))
-            .unwrap_or(view.now);
-        return finish(
-            out,
-            &current,
-            next,
-            pod,
-            TaskPhase::Canceled,
-            Finish::canceled(),
-            ended,
-        );
+        let ended = pod_ended(pod).or_else(|| deletion_requested_at(pod)).unwrap_or(view.now);
+        return finish(out, &current, next, pod, TaskPhase::Canceled, Finish::canceled(), ended);
     }
 
     match phase {
@@ -190,15 +165,7 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             let output = parse_output(termination_message(pod).as_deref());
             next.output = Some(output);
             next.progress = Some(100);
-            finish(
-                out,
-                &current,
-                next,
-                pod,
-                TaskPhase::Completed,
-                Finish::completed(),
-                ended,
-            )
+            finish(out, &current, next, pod, TaskPhase::Completed, Finish::completed(), ended)
         }
         _ if deleting => {
             // Someone other than runplane deleted the pod of a running task;
@@ -214,46 +181,26 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
         }
         "Running" => {
             let started_at = next.started_at.as_ref().map(|t| t.0).unwrap_or(view.now);
-            let timeout =
-                SignedDuration::from_secs(view.task.spec.timeout_seconds.unwrap_or_else(|| {
-                    pod.spec
-                        .as_ref()
-                        .and_then(|s| s.active_deadline_seconds)
-                        .unwrap_or(crate::resources::DEFAULT_TIMEOUT_SECONDS)
-                }));
+            let timeout = SignedDuration::from_secs(view.task.spec.timeout_seconds.unwrap_or_else(|| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.active_deadline_seconds)
+                    .unwrap_or(crate::resources::DEFAULT_TIMEOUT_SECONDS)
+            }));
             let hard_stop = started_at + timeout + config.timeout_grace;
             if view.now >= hard_stop {
                 out.delete_pod = true;
-                return fail(
-                    view,
-                    out,
-                    &current,
-                    next,
-                    pod,
-                    Failure::Deadline,
-                    view.now,
-                    config,
-                );
+                return fail(view, out, &current, next, pod, Failure::Deadline, view.now, config);
             }
             next.phase = Some(TaskPhase::Running);
             next.wait_reason = None;
             next.message = None;
             next.retry_at = None;
-            set_condition(
-                &mut next,
-                conditions::ADMITTED,
-                true,
-                "PodCreated",
-                "the task's pod was created",
-                view.now,
-            );
+            set_condition(&mut next, conditions::ADMITTED, true, "PodCreated", "the task's pod was created", view.now);
             if current.phase != Some(TaskPhase::Running) {
                 out.event = Some(TaskEvent {
                     reason: "Started",
-                    note: format!(
-                        "pod {} is running",
-                        pod.metadata.name.as_deref().unwrap_or_default()
-                    ),
+                    note: format!("pod {} is running", pod.metadata.name.as_deref().unwrap_or_default()),
                     warning: false,
                 });
             }
@@ -278,33 +225,15 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
                 other => format!("{other:?}"),
             });
             next.retry_at = None;
-            set_condition(
-                &mut next,
-                conditions::ADMITTED,
-                true,
-                "PodCreated",
-                "the task's pod was created",
-                view.now,
-            );
-            if current
-                .conditions
-                .iter()
-                .all(|c| c.type_ != conditions::ADMITTED || c.status != "True")
-            {
+            set_condition(&mut next, conditions::ADMITTED, true, "PodCreated", "the task's pod was created", view.now);
+            if current.conditions.iter().all(|c| c.type_ != conditions::ADMITTED || c.status != "True") {
                 out.event = Some(TaskEvent {
                     reason: "Admitted",
-                    note: format!(
-                        "created pod {}",
-                        pod.metadata.name.as_deref().unwrap_or_default()
-                    ),
+                    note: format!("created pod {}", pod.metadata.name.as_deref().unwrap_or_default()),
                     warning: false,
                 });
             }
-            out.requeue_after = Some(
-                deadline
-                    .duration_since(view.now)
-                    .max(SignedDuration::from_secs(1)),
-            );
+            out.requeue_after = Some(deadline.duration_since(view.now).max(SignedDuration::from_secs(1)));
             out.status = changed(&current, next);
             out
         }
@@ -325,19 +254,8 @@ fn plan_without_pod(view: TaskView<'_>, current: &GpuTaskStatus) -> Plan {
         next.completed_at = Some(Time(view.now));
         next.credits_used = Some(0);
         next.message = Some("canceled before it started".into());
-        set_condition(
-            &mut next,
-            conditions::FINISHED,
-            true,
-            "Canceled",
-            "canceled before it started",
-            view.now,
-        );
-        out.event = Some(TaskEvent {
-            reason: "Canceled",
-            note: "canceled before it started".into(),
-            warning: false,
-        });
+        set_condition(&mut next, conditions::FINISHED, true, "Canceled", "canceled before it started", view.now);
+        out.event = Some(TaskEvent { reason: "Canceled", note: "canceled before it started".into(), warning: false });
         out.status = changed(current, next);
         return out;
     }
@@ -362,7 +280,9 @@ fn plan_finished(view: TaskView<'_>, current: &GpuTaskStatus, config: &Lifecycle
     }
     if let (Some(ttl), Some(done)) = (config.finished_ttl, current.completed_at.as_ref()) {
         let expires = done.0 + ttl;
-        if view.now >= expires {
+        if view.now >= expires && view.webhook_pending {
+            out.requeue_after = Some(SignedDuration::from_secs(30));
+        } else if view.now >= expires {
             out.delete_task = true;
         } else {
             out.requeue_after = Some(expires.duration_since(view.now));
@@ -380,21 +300,11 @@ struct Finish {
 
 impl Finish {
     fn completed() -> Self {
-        Self {
-            reason: "Completed",
-            message: "the task completed".into(),
-            code: None,
-            warning: false,
-        }
+        Self { reason: "Completed", message: "the task completed".into(), code: None, warning: false }
     }
 
     fn canceled() -> Self {
-        Self {
-            reason: "Canceled",
-            message: "the task was canceled".into(),
-            code: None,
-            warning: false,
-        }
+        Self { reason: "Canceled", message: "the task was canceled".into(), code: None, warning: false }
     }
 }
 
@@ -414,26 +324,14 @@ fn finish(
     next.wait_reason = None;
     next.retry_at = None;
     next.completed_at = Some(Time(ended));
-    next.processing_time =
-        started.map(|s| (credits::run_seconds(s, ended) * 1000.0).round() / 1000.0);
+    next.processing_time = started.map(|s| (credits::run_seconds(s, ended) * 1000.0).round() / 1000.0);
     next.credits_used = Some(credits);
     next.error_code = how.code;
     next.error_message = how.code.map(|_| how.message.clone());
     next.message = Some(how.message.clone());
-    set_condition(
-        &mut next,
-        conditions::FINISHED,
-        true,
-        how.reason,
-        &how.message,
-        ended,
-    );
+    set_condition(&mut next, conditions::FINISHED, true, how.reason, &how.message, ended);
     out.charge = (credits > 0).then_some(credits);
-    out.event = Some(TaskEvent {
-        reason: how.reason,
-        note: how.message,
-        warning: how.warning,
-    });
+    out.event = Some(TaskEvent { reason: how.reason, note: how.message, warning: how.warning });
     if pod.metadata.deletion_timestamp.is_none() {
         out.delete_pod = true;
     }
@@ -454,15 +352,7 @@ fn fail(
     config: &LifecycleConfig,
 ) -> Plan {
     match failure {
-        Failure::Infrastructure(_) => retry_or_fail(
-            view,
-            out,
-            current,
-            next,
-            failure,
-            ended,
-            Some((pod, config)),
-        ),
+        Failure::Infrastructure(_) => retry_or_fail(view, out, current, next, failure, ended, Some((pod, config))),
         failure => {
             let (code, message) = describe(&failure, view, pod);
             finish(
@@ -471,12 +361,7 @@ fn fail(
                 next,
                 pod,
                 TaskPhase::Failed,
-                Finish {
-                    reason: "Failed",
-                    message,
-                    code: Some(code),
-                    warning: true,
-                },
+                Finish { reason: "Failed", message, code: Some(code), warning: true },
                 ended,
             )
         }
@@ -496,14 +381,10 @@ fn retry_or_fail(
 ) -> Plan {
     let attempts = next.attempts.unwrap_or(1);
     let max_retries = view.max_retries.unwrap_or(0);
-    let Failure::Infrastructure(why) = &failure else {
-        unreachable!("only infrastructure failures retry")
-    };
+    let Failure::Infrastructure(why) = &failure else { unreachable!("only infrastructure failures retry") };
     if attempts <= max_retries {
         let config = pod.map(|(_, c)| c.clone()).unwrap_or_default();
-        let factor = 2i32
-            .saturating_pow(u32::try_from(attempts - 1).unwrap_or(0))
-            .min(1 << 16);
+        let factor = 2i32.saturating_pow(u32::try_from(attempts - 1).unwrap_or(0)).min(1 << 16);
         let delay = (config.retry_backoff * factor).min(config.retry_backoff_max);
         next.phase = Some(TaskPhase::Queued);
         next.wait_reason = Some(WaitReason::RetryBackoff);
@@ -512,14 +393,7 @@ fn retry_or_fail(
         next.pod_name = None;
         next.started_at = None;
         next.admitted_at = None;
-        set_condition(
-            &mut next,
-            conditions::ADMITTED,
-            false,
-            "Retrying",
-            why,
-            view.now,
-        );
+        set_condition(&mut next, conditions::ADMITTED, false, "Retrying", why, view.now);
         out.event = Some(TaskEvent {
             reason: "Retrying",
             note: format!("attempt {attempts} of {} failed: {why}", max_retries + 1),
@@ -533,10 +407,7 @@ fn retry_or_fail(
         out.status = changed(current, next);
         return out;
     }
-    let message = format!(
-        "{why} (after {attempts} attempt{})",
-        if attempts == 1 { "" } else { "s" }
-    );
+    let message = format!("{why} (after {attempts} attempt{})", if attempts == 1 { "" } else { "s" });
     match pod {
         Some((pod, _)) => finish(
             out,
@@ -544,12 +415,7 @@ fn retry_or_fail(
             next,
             pod,
             TaskPhase::Failed,
-            Finish {
-                reason: "Failed",
-                message,
-                code: Some(codes::INTERNAL),
-                warning: true,
-            },
+            Finish { reason: "Failed", message, code: Some(codes::INTERNAL), warning: true },
             ended,
         ),
         None => {
@@ -559,19 +425,8 @@ fn retry_or_fail(
             next.error_code = Some(codes::INTERNAL);
             next.error_message = Some(message.clone());
             next.message = Some(message.clone());
-            set_condition(
-                &mut next,
-                conditions::FINISHED,
-                true,
-                "Failed",
-                &message,
-                ended,
-            );
-            out.event = Some(TaskEvent {
-                reason: "Failed",
-                note: message,
-                warning: true,
-            });
+            set_condition(&mut next, conditions::FINISHED, true, "Failed", &message, ended);
+            out.event = Some(TaskEvent { reason: "Failed", note: message, warning: true });
             out.status = changed(current, next);
             out
         }
@@ -587,10 +442,7 @@ fn describe(failure: &Failure, view: TaskView<'_>, pod: &Pod) -> (i32, String) {
                 .timeout_seconds
                 .or_else(|| pod.spec.as_ref().and_then(|s| s.active_deadline_seconds))
                 .unwrap_or_default();
-            (
-                codes::TIMEOUT,
-                format!("Task execution timeout: ran longer than {limit} s"),
-            )
+            (codes::TIMEOUT, format!("Task execution timeout: ran longer than {limit} s"))
         }
         Failure::Workload(message) => (codes::INTERNAL, message.clone()),
         Failure::CannotStart { code, message } => (*code, message.clone()),
@@ -606,9 +458,7 @@ fn classify_failure(pod: &Pod) -> Failure {
     }
     if INFRASTRUCTURE_REASONS.contains(&reason) || reason.starts_with("OutOf") {
         let detail = status.and_then(|s| s.message.clone()).unwrap_or_default();
-        return Failure::Infrastructure(
-            format!("pod failed: {reason} {detail}").trim().to_string(),
-        );
+        return Failure::Infrastructure(format!("pod failed: {reason} {detail}").trim().to_string());
     }
     match terminated(pod) {
         Some((code, message)) => {
@@ -618,11 +468,7 @@ fn classify_failure(pod: &Pod) -> Failure {
                 None => format!("exit code {code}"),
             })
         }
-        None => Failure::Workload(
-            format!("pod failed: {reason}")
-                .trim_end_matches(": ")
-                .to_string(),
-        ),
+        None => Failure::Workload(format!("pod failed: {reason}").trim_end_matches(": ").to_string()),
     }
 }
 
@@ -636,27 +482,18 @@ fn start_failure(pod: &Pod) -> Option<Failure> {
                 let detail = waiting.message.as_deref().unwrap_or_default();
                 return Some(Failure::CannotStart {
                     code: codes::INTERNAL,
-                    message: format!("container cannot start: {reason} {detail}")
-                        .trim()
-                        .to_string(),
+                    message: format!("container cannot start: {reason} {detail}").trim().to_string(),
                 });
             }
         }
     }
-    let unschedulable = status.conditions.iter().flatten().find(|c| {
-        c.type_ == "PodScheduled"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable")
-    })?;
+    let unschedulable =
+        status.conditions.iter().flatten().find(|c| {
+            c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        })?;
     Some(Failure::CannotStart {
         code: codes::GPU_UNAVAILABLE,
-        message: format!(
-            "GPU unavailable: {}",
-            unschedulable
-                .message
-                .as_deref()
-                .unwrap_or("no node fits the pod")
-        ),
+        message: format!("GPU unavailable: {}", unschedulable.message.as_deref().unwrap_or("no node fits the pod")),
     })
 }
 
@@ -684,16 +521,10 @@ fn termination_message(pod: &Pod) -> Option<String> {
 /// When the workload started: its container's start, else the pod's.
 fn pod_started(pod: &Pod) -> Option<Timestamp> {
     let state = main_state(pod);
-    if let Some(t) = state
-        .and_then(|s| s.running.as_ref())
-        .and_then(|r| r.started_at.as_ref())
-    {
+    if let Some(t) = state.and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.as_ref()) {
         return Some(t.0);
     }
-    if let Some(t) = state
-        .and_then(|s| s.terminated.as_ref())
-        .and_then(|t| t.started_at.as_ref())
-    {
+    if let Some(t) = state.and_then(|s| s.terminated.as_ref()).and_then(|t| t.started_at.as_ref()) {
         return Some(t.0);
     }
     let phase = pod.status.as_ref()?.phase.as_deref()?;
@@ -707,12 +538,7 @@ fn pod_started(pod: &Pod) -> Option<Timestamp> {
 }
 
 fn pod_ended(pod: &Pod) -> Option<Timestamp> {
-    main_state(pod)?
-        .terminated
-        .as_ref()?
-        .finished_at
-        .as_ref()
-        .map(|t| t.0)
+    main_state(pod)?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0)
 }
 
 /// When the pod's deletion was requested (its deletion timestamp less the grace period).
@@ -723,19 +549,13 @@ fn deletion_requested_at(pod: &Pod) -> Option<Timestamp> {
 }
 
 fn has_finalizer(pod: &Pod) -> bool {
-    pod.metadata
-        .finalizers
-        .iter()
-        .flatten()
-        .any(|f| f == labels::ACCOUNTING_FINALIZER)
+    pod.metadata.finalizers.iter().flatten().any(|f| f == labels::ACCOUNTING_FINALIZER)
 }
 
 /// Credits owed for the pod of a task that was deleted: its run up to its
 /// end, or up to when its deletion was requested.
 pub fn orphan_charge(pod: &Pod, now: Timestamp) -> i64 {
-    let ended = pod_ended(pod)
-        .or_else(|| deletion_requested_at(pod))
-        .unwrap_or(now);
+    let ended = pod_ended(pod).or_else(|| deletion_requested_at(pod)).unwrap_or(now);
     credits::charge(&frozen_price(pod), pod_started(pod), ended)
 }
 
@@ -807,12 +627,7 @@ mod tests {
 
     fn run(task: &GpuTask, pod: Option<&Pod>, now: i64) -> Plan {
         plan(
-            TaskView {
-                task,
-                max_retries: Some(1),
-                pod,
-                now: ts(now),
-            },
+            TaskView { task, max_retries: Some(1), pod, now: ts(now), webhook_pending: false },
             &LifecycleConfig::default(),
         )
     }
@@ -863,52 +678,31 @@ mod tests {
     #[test]
     fn succeeded_pod_completes_with_output_and_one_charge() {
         let t = admitted(task("t").build());
-        let pod = pod_for(&t, 0)
-            .succeeded(5, 15, r#"{"result_url": "https://x/y.png"}"#)
-            .build();
+        let pod = pod_for(&t, 0).succeeded(5, 15, r#"{"result_url": "https://x/y.png"}"#).build();
         let p = run(&t, Some(&pod), 16);
         let status = p.status.unwrap();
         assert_eq!(status.phase, Some(TaskPhase::Completed));
-        assert_eq!(
-            status.output,
-            Some(serde_json::json!({"result_url": "https://x/y.png"}))
-        );
+        assert_eq!(status.output, Some(serde_json::json!({"result_url": "https://x/y.png"})));
         assert_eq!(status.processing_time, Some(10.0));
         // 10 per run + 0.5 × 2 GPUs × 10 s
         assert_eq!(status.credits_used, Some(20));
         assert_eq!(p.charge, Some(20));
         assert_eq!(status.completed_at, Some(Time(ts(15))));
         assert!(p.release_pod && p.delete_pod);
-        assert_eq!(
-            status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Finished")
-                .unwrap()
-                .reason,
-            "Completed"
-        );
+        assert_eq!(status.conditions.iter().find(|c| c.type_ == "Finished").unwrap().reason, "Completed");
     }
 
     #[test]
     fn non_json_output_becomes_text() {
-        assert_eq!(
-            parse_output(Some("done: 3 images")),
-            serde_json::json!({"text": "done: 3 images"})
-        );
-        assert_eq!(
-            parse_output(Some("[1,2]")),
-            serde_json::json!({"text": "[1,2]"})
-        );
+        assert_eq!(parse_output(Some("done: 3 images")), serde_json::json!({"text": "done: 3 images"}));
+        assert_eq!(parse_output(Some("[1,2]")), serde_json::json!({"text": "[1,2]"}));
         assert_eq!(parse_output(None), serde_json::json!({}));
     }
 
     #[test]
     fn deadline_exceeded_is_a_timeout() {
         let t = admitted(task("t").build());
-        let pod = pod_for(&t, 0)
-            .failed(Some("DeadlineExceeded"), 137, 5, 65, "")
-            .build();
+        let pod = pod_for(&t, 0).failed(Some("DeadlineExceeded"), 137, 5, 65, "").build();
         let status = run(&t, Some(&pod), 66).status.unwrap();
         assert_eq!(status.phase, Some(TaskPhase::Failed));
         assert_eq!(status.error_code, Some(codes::TIMEOUT));
@@ -926,26 +720,19 @@ mod tests {
     #[test]
     fn workload_failure_is_not_retried_and_keeps_its_message() {
         let t = admitted(task("t").build());
-        let pod = pod_for(&t, 0)
-            .failed(None, 3, 5, 9, "CUDA out of memory")
-            .build();
+        let pod = pod_for(&t, 0).failed(None, 3, 5, 9, "CUDA out of memory").build();
         let p = run(&t, Some(&pod), 10);
         let status = p.status.unwrap();
         assert_eq!(status.phase, Some(TaskPhase::Failed));
         assert_eq!(status.error_code, Some(codes::INTERNAL));
-        assert_eq!(
-            status.error_message.as_deref(),
-            Some("exit code 3: CUDA out of memory")
-        );
+        assert_eq!(status.error_message.as_deref(), Some("exit code 3: CUDA out of memory"));
         assert_eq!(p.charge, Some(10 + 4), "a run that started is charged");
     }
 
     #[test]
     fn eviction_is_retried_uncharged_then_fails() {
         let t = admitted(task("t").build());
-        let pod = pod_for(&t, 0)
-            .failed(Some("Evicted"), 137, 5, 9, "")
-            .build();
+        let pod = pod_for(&t, 0).failed(Some("Evicted"), 137, 5, 9, "").build();
         let p = run(&t, Some(&pod), 10);
         let status = p.status.clone().unwrap();
         assert_eq!(status.phase, Some(TaskPhase::Queued));
@@ -957,14 +744,8 @@ mod tests {
 
         // Second attempt (max_retries = 1) fails for good.
         let mut t2 = t.clone();
-        t2.status = Some(GpuTaskStatus {
-            pod_name: Some("t-retry-1".into()),
-            attempts: Some(2),
-            ..status
-        });
-        let pod2 = pod_for(&t2, 1)
-            .failed(Some("Evicted"), 137, 25, 30, "")
-            .build();
+        t2.status = Some(GpuTaskStatus { pod_name: Some("t-retry-1".into()), attempts: Some(2), ..status });
+        let pod2 = pod_for(&t2, 1).failed(Some("Evicted"), 137, 25, 30, "").build();
         let p2 = run(&t2, Some(&pod2), 31);
         let status2 = p2.status.unwrap();
         assert_eq!(status2.phase, Some(TaskPhase::Failed));
@@ -978,10 +759,7 @@ mod tests {
         let status = run(&t, Some(&pod), 9).status.unwrap();
         assert_eq!(status.wait_reason, Some(WaitReason::RetryBackoff));
         // Also when the kubelet already marked it Failed on the way out.
-        let pod = pod_for(&t, 0)
-            .failed(None, 143, 5, 9, "")
-            .deleting(8)
-            .build();
+        let pod = pod_for(&t, 0).failed(None, 143, 5, 9, "").deleting(8).build();
         let status = run(&t, Some(&pod), 10).status.unwrap();
         assert_eq!(status.wait_reason, Some(WaitReason::RetryBackoff));
     }
@@ -991,19 +769,13 @@ mod tests {
         let t = admitted(task("t").build());
         let pod = pod_for(&t, 0).unschedulable().build();
         let early = run(&t, Some(&pod), 60);
-        assert_eq!(
-            early.status.as_ref().and_then(|s| s.phase),
-            Some(TaskPhase::Queued)
-        );
+        assert_eq!(early.status.as_ref().and_then(|s| s.phase), Some(TaskPhase::Queued));
         assert!(!early.delete_pod);
         let late = run(&t, Some(&pod), 1 + 300);
         assert!(late.delete_pod);
         let status = late.status.unwrap();
         assert_eq!(status.error_code, Some(codes::GPU_UNAVAILABLE));
-        assert_eq!(
-            late.charge, None,
-            "a task that never started is never charged"
-        );
+        assert_eq!(late.charge, None, "a task that never started is never charged");
     }
 
     #[test]
@@ -1017,9 +789,7 @@ mod tests {
 
     #[test]
     fn cancel_deletes_the_pod_then_charges_up_to_the_request() {
-        let t = crate::fixtures::TaskBuilder::from(admitted(task("t").build()))
-            .cancel()
-            .build();
+        let t = crate::fixtures::TaskBuilder::from(admitted(task("t").build())).cancel().build();
         let running = pod_for(&t, 0).running(5).build();
         let first = run(&t, Some(&running), 10);
         assert!(first.delete_pod);
@@ -1061,11 +831,13 @@ mod tests {
         let p = run(&t, Some(&pod), 11);
         assert!(p.release_pod && p.delete_pod && !p.delete_task);
         assert_eq!(p.status, None);
-        assert_eq!(
-            p.requeue_after,
-            Some(SignedDuration::from_hours(24) - SignedDuration::from_secs(1))
-        );
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_hours(24) - SignedDuration::from_secs(1)));
         assert!(run(&t, None, 10 + 24 * 3600).delete_task);
+        let pending = plan(
+            TaskView { task: &t, max_retries: None, pod: None, now: ts(10 + 24 * 3600), webhook_pending: true },
+            &LifecycleConfig::default(),
+        );
+        assert!(!pending.delete_task, "the TTL waits for the webhook to settle");
     }
 
     #[test]

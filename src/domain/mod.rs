@@ -13,6 +13,7 @@ pub mod credits;
 pub mod input;
 pub mod lifecycle;
 pub mod pod;
+pub mod webhook;
 
 /// A task's identity: namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,10 +24,7 @@ pub struct TaskKey {
 
 impl TaskKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 }
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
-    SeccompProfile, SecurityContext,
+    Capabilities, Container, EnvVar, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -32,21 +32,13 @@ pub struct PodConfig {
 
 impl Default for PodConfig {
     fn default() -> Self {
-        Self {
-            gpu_resource: crate::resources::DEFAULT_GPU_RESOURCE.into(),
-            run_as_user: 1000,
-            callback_url: None,
-        }
+        Self { gpu_resource: crate::resources::DEFAULT_GPU_RESOURCE.into(), run_as_user: 1000, callback_url: None }
     }
 }
 
 /// Name of the pod of a task's attempt: the task's name for the first, then `-retry-N`.
 pub fn pod_name(task: &str, attempt: i32) -> String {
-    if attempt == 0 {
-        task.to_string()
-    } else {
-        format!("{task}-retry-{attempt}")
-    }
+    if attempt == 0 { task.to_string() } else { format!("{task}-retry-{attempt}") }
 }
 
 /// Builds the pod for `attempt` of `task`, charged to `account`.
@@ -73,27 +65,17 @@ pub fn desired_pod(
 
     let mut annotations = spec.pod_metadata.annotations.clone();
     let price = FrozenPrice::new(&spec.price, i64::from(spec.gpus));
-    annotations.insert(
-        PRICE_ANNOTATION.into(),
-        serde_json::to_string(&price).expect("price serializes"),
-    );
+    annotations.insert(PRICE_ANNOTATION.into(), serde_json::to_string(&price).expect("price serializes"));
 
     let mut env = spec.env.clone();
     let input = serde_json::to_string(&task.spec.input).expect("JSON value serializes");
     env.push(env_var("RUNPLANE_INPUT", input));
     env.push(env_var("RUNPLANE_TASK_ID", task_name.clone()));
-    env.push(env_var(
-        "RUNPLANE_OUTPUT_PATH",
-        "/dev/termination-log".into(),
-    ));
+    env.push(env_var("RUNPLANE_OUTPUT_PATH", "/dev/termination-log".into()));
     if let Some(url) = &config.callback_url {
         env.push(env_var(
             "RUNPLANE_CALLBACK_URL",
-            format!(
-                "{}/v1/internal/tasks/{}/progress",
-                url.trim_end_matches('/'),
-                task_name
-            ),
+            format!("{}/v1/internal/tasks/{}/progress", url.trim_end_matches('/'), task_name),
         ));
     }
     if let Some(token) = progress_token {
@@ -120,10 +102,7 @@ pub fn desired_pod(
 
     Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name(
-                task.metadata.name.as_deref().unwrap_or_default(),
-                attempt,
-            )),
+            name: Some(pod_name(task.metadata.name.as_deref().unwrap_or_default(), attempt)),
             namespace: task.metadata.namespace.clone(),
             labels: Some(pod_labels),
             annotations: Some(annotations),
@@ -143,10 +122,7 @@ pub fn desired_pod(
                 run_as_non_root: Some(true),
                 run_as_user: Some(config.run_as_user),
                 run_as_group: Some(config.run_as_user),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..Default::default()
-                }),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                 ..Default::default()
             }),
             containers: vec![Container {
@@ -155,19 +131,13 @@ pub fn desired_pod(
                 command: (!spec.command.is_empty()).then(|| spec.command.clone()),
                 args: (!spec.args.is_empty()).then(|| spec.args.clone()),
                 env: Some(env),
-                resources: Some(ResourceRequirements {
-                    limits: Some(limits),
-                    ..Default::default()
-                }),
+                resources: Some(ResourceRequirements { limits: Some(limits), ..Default::default() }),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
                 security_context: Some(SecurityContext {
                     allow_privilege_escalation: Some(false),
                     privileged: Some(false),
                     run_as_non_root: Some(true),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        ..Default::default()
-                    }),
+                    capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -179,11 +149,7 @@ pub fn desired_pod(
 }
 
 fn env_var(name: &str, value: String) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value),
-        value_from: None,
-    }
+    EnvVar { name: name.into(), value: Some(value), value_from: None }
 }
 
 /// The price frozen on a pod; a pod without one (not ours) costs nothing.
@@ -223,66 +189,30 @@ mod tests {
     #[test]
     fn pod_runs_the_template_as_the_task_asks() {
         let t = task("t").build();
-        let pod = desired_pod(
-            &t,
-            &template(),
-            "acct",
-            0,
-            &PodConfig::default(),
-            Some("tok"),
-        );
+        let pod = desired_pod(&t, &template(), "acct", 0, &PodConfig::default(), Some("tok"));
         assert_eq!(pod.metadata.name.as_deref(), Some("t"));
         let labels = pod.metadata.labels.clone().unwrap();
         assert_eq!(labels[crate::resources::labels::TASK], "t");
         assert_eq!(labels[crate::resources::labels::ACCOUNT], "acct");
         assert_eq!(labels[crate::resources::labels::TEMPLATE], "tpl");
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-            ("GpuTask", "t-uid", Some(true))
-        );
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("GpuTask", "t-uid", Some(true)));
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.active_deadline_seconds, Some(60));
         let c = &spec.containers[0];
-        assert_eq!(
-            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
-            "2"
-        );
-        let env: BTreeMap<_, _> = c
-            .env
-            .iter()
-            .flatten()
-            .map(|e| (e.name.as_str(), e.value.clone().unwrap()))
-            .collect();
+        assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2");
+        let env: BTreeMap<_, _> = c.env.iter().flatten().map(|e| (e.name.as_str(), e.value.clone().unwrap())).collect();
         assert_eq!(env["RUNPLANE_INPUT"], r#"{"prompt":"hello"}"#);
         assert_eq!(env["RUNPLANE_TASK_ID"], "t");
         assert_eq!(env["RUNPLANE_CALLBACK_TOKEN"], "tok");
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(
-            sc.capabilities.as_ref().unwrap().drop,
-            Some(vec!["ALL".to_string()])
-        );
-        assert_eq!(
-            spec.security_context.as_ref().unwrap().run_as_non_root,
-            Some(true)
-        );
-        assert_eq!(
-            frozen_price(&pod),
-            FrozenPrice {
-                per_run: 10,
-                per_gpu_second: 0.5,
-                gpus: 2
-            }
-        );
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(spec.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+        assert_eq!(frozen_price(&pod), FrozenPrice { per_run: 10, per_gpu_second: 0.5, gpus: 2 });
         assert_eq!(pod_gpus(&pod)["nvidia.com/gpu"], 2);
-        assert!(
-            pod.metadata
-                .finalizers
-                .unwrap()
-                .contains(&crate::resources::labels::ACCOUNTING_FINALIZER.to_string())
-        );
+        assert!(pod.metadata.finalizers.unwrap().contains(&crate::resources::labels::ACCOUNTING_FINALIZER.to_string()));
     }
 
     #[test]
@@ -296,17 +226,11 @@ mod tests {
             &template(),
             "acct",
             2,
-            &PodConfig {
-                gpu_resource: "amd.com/gpu".into(),
-                ..Default::default()
-            },
+            &PodConfig { gpu_resource: "amd.com/gpu".into(), ..Default::default() },
             None,
         );
         assert_eq!(pod.metadata.name.as_deref(), Some("t-retry-2"));
         assert_eq!(pod.spec.as_ref().unwrap().active_deadline_seconds, Some(5));
-        assert!(
-            pod_gpus(&pod).contains_key("amd.com/gpu"),
-            "the controller's default resource is used"
-        );
+        assert!(pod_gpus(&pod).contains_key("amd.com/gpu"), "the controller's default resource is used");
     }
 }

@@ -18,11 +18,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Balance", type_ = "integer", json_path = ".status.balance"),
     printcolumn(name = "Running", type_ = "integer", json_path = ".status.running"),
     printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queued"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = kube::core::Rule::new("self.plan != 'custom' || (has(self.limits) && has(self.limits.concurrentTasks) && has(self.limits.requestsPerMinute))").message("a custom plan needs limits.concurrentTasks and limits.requestsPerMinute"))]
 #[serde(rename_all = "camelCase")]
@@ -38,10 +34,7 @@ pub struct GpuAccountSpec {
     #[serde(default)]
     #[schemars(
         length(max = 256),
-        inner(
-            length(min = 1, max = 63),
-            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-        )
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub namespaces: Vec<String>,

@@ -41,6 +41,8 @@ pub mod labels {
     /// On every object runplane creates.
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGED_BY_VALUE: &str = "runplane";
+    /// On a task: set (to any new value) to send its webhook again.
+    pub const REDELIVER: &str = "runplane.dev/webhook-redeliver";
     /// Finalizer on task pods: the pod is not let go before its task is accounted.
     pub const ACCOUNTING_FINALIZER: &str = "runplane.dev/accounting";
 }
@@ -49,6 +51,7 @@ pub mod labels {
 pub mod managers {
     pub const CONTROLLER: &str = "runplane.dev/controller";
     pub const API: &str = "runplane.dev/api";
+    pub const WEBHOOKS: &str = "runplane.dev/webhooks";
 }
 
 /// Condition types on a GpuTask.
@@ -73,9 +76,7 @@ pub mod codes {
 }
 
 /// Every CRD, in a stable order, as `runplane crds` prints and `crds/` holds them.
-pub fn crds()
--> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     vec![GpuAccount::crd(), GpuTemplate::crd(), GpuTask::crd()]
 }
 

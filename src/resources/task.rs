@@ -16,30 +16,12 @@ use serde::{Deserialize, Serialize};
     status = "GpuTaskStatus",
     doc = "One run of a GpuTemplate with a JSON input, queued and run on GPUs.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Template",
-        type_ = "string",
-        json_path = ".spec.templateRef.name"
-    ),
+    printcolumn(name = "Template", type_ = "string", json_path = ".spec.templateRef.name"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpus"),
     printcolumn(name = "Progress", type_ = "integer", json_path = ".status.progress"),
-    printcolumn(
-        name = "Waiting",
-        type_ = "string",
-        json_path = ".status.waitReason",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Credits",
-        type_ = "integer",
-        json_path = ".status.creditsUsed",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Waiting", type_ = "string", json_path = ".status.waitReason", priority = 1),
+    printcolumn(name = "Credits", type_ = "integer", json_path = ".status.creditsUsed", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     selectable = ".spec.templateRef.name",
     selectable = ".status.phase"
 )]
@@ -58,6 +40,9 @@ pub struct GpuTaskSpec {
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))").message("must be an http or https URL"))]
     pub webhook_url: Option<String>,
+    /// Also send a webhook (task.canceled) when the task is canceled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub webhook_on_cancel: bool,
     /// Higher runs first within the account's queue; ties go to the oldest task.
     #[serde(default)]
     #[schemars(range(min = -1000, max = 1000))]
@@ -84,19 +69,7 @@ pub struct TemplateRef {
 }
 
 /// Where a task is in its life.
-#[derive(
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
 pub enum TaskPhase {
     /// Waiting for admission or for its pod to start.
     Queued,
@@ -136,13 +109,7 @@ impl TaskPhase {
         }
     }
 
-    pub const ALL: [TaskPhase; 5] = [
-        Self::Queued,
-        Self::Running,
-        Self::Completed,
-        Self::Failed,
-        Self::Canceled,
-    ];
+    pub const ALL: [TaskPhase; 5] = [Self::Queued, Self::Running, Self::Completed, Self::Failed, Self::Canceled];
 }
 
 /// Why a queued task has not been admitted.
@@ -240,6 +207,9 @@ pub struct GpuTaskStatus {
     /// What went wrong, for a failed task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
+    /// Delivery of the task's webhook, kept here so that a restart neither drops nor repeats it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStatus>,
     /// Standard conditions: Admitted, Finished.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::schema::conditions")]
@@ -260,8 +230,55 @@ impl GpuTask {
 
     /// Timeout of the task: its own override, else the template's.
     pub fn timeout_seconds(&self, template: &super::GpuTemplateSpec) -> i64 {
-        self.spec
-            .timeout_seconds
-            .unwrap_or(template.timeout_seconds)
+        self.spec.timeout_seconds.unwrap_or(template.timeout_seconds)
+    }
+}
+
+/// Where a task's webhook delivery stands.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    /// The event's id (the webhook-id header), the same on every attempt.
+    #[serde(default)]
+    pub id: String,
+    /// task.completed, task.failed or task.canceled.
+    #[serde(default)]
+    pub event: String,
+    /// Destination of the deliveries.
+    #[serde(default)]
+    pub url: String,
+    /// Attempts made so far.
+    #[serde(default)]
+    pub attempts: i32,
+    /// When the first attempt of this delivery was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt_at: Option<Time>,
+    /// When the last attempt was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<Time>,
+    /// HTTP status of the last attempt's response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status_code: Option<i32>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the next attempt is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
+    /// When a 2xx response was received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Time>,
+    /// When retrying stopped without delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up_at: Option<Time>,
+    /// The redelivery request (annotation runplane.dev/webhook-redeliver) this delivery serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivery: Option<String>,
+}
+
+impl WebhookStatus {
+    /// Delivered, or given up: nothing more will be sent unless redelivery is asked.
+    pub fn is_settled(&self) -> bool {
+        self.delivered_at.is_some() || self.gave_up_at.is_some()
     }
 }

@@ -23,17 +23,8 @@ pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
     doc = "A saved GPU compute template that GpuTasks run.",
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpus"),
-    printcolumn(
-        name = "Timeout",
-        type_ = "integer",
-        json_path = ".spec.timeoutSeconds",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Timeout", type_ = "integer", json_path = ".spec.timeoutSeconds", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GpuTemplateSpec {
@@ -100,10 +91,7 @@ pub struct GpuTemplateSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 16),
-        inner(
-            length(min = 3, max = 201),
-            regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-        )
+        inner(length(min = 3, max = 201), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"))
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub aliases: Vec<String>,

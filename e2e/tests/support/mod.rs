@@ -24,9 +24,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Holds the cluster for one test at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub fn repo() -> PathBuf {
@@ -48,9 +46,7 @@ pub fn kubeconfig() -> PathBuf {
 
 pub async fn client() -> Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
     Client::try_from(config).expect("client")
 }
 
@@ -58,37 +54,20 @@ pub async fn client() -> Client {
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let mut cmd = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
     cmd.arg("--kubeconfig").arg(kubeconfig()).args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("kubectl runs");
     if let Some(input) = stdin {
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
@@ -102,10 +81,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -139,12 +115,7 @@ impl Controller {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::env::temp_dir().join(format!("runplane-e2e-controller-{metrics_port}.log"));
-        let mut controller = Self {
-            child: None,
-            metrics_port,
-            args,
-            log,
-        };
+        let mut controller = Self { child: None, metrics_port, args, log };
         controller.spawn().await;
         controller
     }
@@ -163,19 +134,10 @@ impl Controller {
         self.child = Some(child);
         let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
         let log = self.log.clone();
-        wait_for(
-            &format!("the controller to be ready (log: {})", log.display()),
-            Duration::from_secs(30),
-            || {
-                let url = url.clone();
-                async move {
-                    http_get(&url)
-                        .await
-                        .filter(|(code, _)| *code == 200)
-                        .map(|_| ())
-                }
-            },
-        )
+        wait_for(&format!("the controller to be ready (log: {})", log.display()), Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { http_get(&url).await.filter(|(code, _)| *code == 200).map(|_| ()) }
+        })
         .await;
     }
 
@@ -193,10 +155,7 @@ impl Controller {
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .await
-            .expect("metrics")
-            .1
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.expect("metrics").1
     }
 
     /// True while this replica holds the controller lease (its `runplane_leader` gauge).
@@ -218,10 +177,7 @@ impl Drop for Controller {
 pub async fn http_get(url: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
@@ -229,10 +185,7 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
     stream.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((code, body))
 }
 
@@ -251,30 +204,20 @@ impl Tenant {
         let client = client().await;
         let name = format!("e2e-{prefix}-{:06x}", rand_u32() & 0xffffff);
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(
-            json!({"metadata": {"name": name, "labels": {"runplane.dev/e2e": "true"}}}),
-        )
-        .unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("namespace");
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"runplane.dev/e2e": "true"}}}))
+                .unwrap();
+        namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
         spec["namespaces"] = json!([name]);
         spec["email"] = json!(format!("{name}@example.com"));
         let account: GpuAccount =
             serde_json::from_value(json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuAccount", "metadata": {"name": name, "labels": {"runplane.dev/e2e": "true"}}, "spec": spec})).unwrap();
-        Api::<GpuAccount>::all(client.clone())
-            .create(&PostParams::default(), &account)
-            .await
-            .expect("account");
+        Api::<GpuAccount>::all(client.clone()).create(&PostParams::default(), &account).await.expect("account");
         // The default service account appears shortly after the namespace.
-        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client.clone(), &name);
-        wait_for(
-            "the default service account",
-            Duration::from_secs(30),
-            || async { sa.get_opt("default").await.ok().flatten() },
-        )
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for("the default service account", Duration::from_secs(30), || async {
+            sa.get_opt("default").await.ok().flatten()
+        })
         .await;
         Self { client, name }
     }
@@ -288,10 +231,7 @@ impl Tenant {
     }
 
     pub async fn account(&self) -> GpuAccount {
-        Api::<GpuAccount>::all(self.client.clone())
-            .get(&self.name)
-            .await
-            .unwrap()
+        Api::<GpuAccount>::all(self.client.clone()).get(&self.name).await.unwrap()
     }
 
     /// A template whose fake workload runs for `duration` and writes `message`
@@ -311,9 +251,7 @@ impl Tenant {
         )
         .unwrap();
         let api: Api<GpuTemplate> = Api::namespaced(self.client.clone(), &self.name);
-        api.create(&PostParams::default(), &template)
-            .await
-            .expect("template")
+        api.create(&PostParams::default(), &template).await.expect("template")
     }
 
     pub async fn task(&self, name: &str, template: &str, extra: Value) -> GpuTask {
@@ -323,10 +261,7 @@ impl Tenant {
             json!({"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTask", "metadata": {"name": name}, "spec": spec}),
         )
         .unwrap();
-        self.tasks()
-            .create(&PostParams::default(), &task)
-            .await
-            .expect("task")
+        self.tasks().create(&PostParams::default(), &task).await.expect("task")
     }
 
     pub async fn get(&self, name: &str) -> GpuTask {
@@ -338,23 +273,14 @@ impl Tenant {
         let api = self.tasks();
         wait_for(&format!("task {name} to be {phase:?}"), timeout, || {
             let api = api.clone();
-            async move {
-                api.get(name)
-                    .await
-                    .ok()
-                    .filter(|t| t.phase() == Some(phase))
-            }
+            async move { api.get(name).await.ok().filter(|t| t.phase() == Some(phase)) }
         })
         .await
     }
 
     pub async fn cancel(&self, name: &str) {
         self.tasks()
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"cancel": true}})),
-            )
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancel": true}})))
             .await
             .unwrap();
     }
@@ -367,45 +293,23 @@ impl Tenant {
             .unwrap()
             .items
             .into_iter()
-            .filter(|p| {
-                !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            })
+            .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
             .collect()
     }
 
     /// Deletes the tenant's tasks (the controller lets their pods go), then
     /// the namespace and the account.
     pub async fn cleanup(self) {
-        let _ = self
-            .tasks()
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
+        let _ = self.tasks().delete_collection(&DeleteParams::default(), &ListParams::default()).await;
         let pods = self.pods();
         let tasks_pods = ListParams::default().labels("runplane.dev/task");
-        wait_for(
-            "the tenant's task pods to be gone",
-            Duration::from_secs(60),
-            || {
-                let (pods, lp) = (pods.clone(), tasks_pods.clone());
-                async move {
-                    pods.list(&lp)
-                        .await
-                        .ok()
-                        .filter(|l| l.items.is_empty())
-                        .map(|_| ())
-                }
-            },
-        )
+        wait_for("the tenant's task pods to be gone", Duration::from_secs(60), || {
+            let (pods, lp) = (pods.clone(), tasks_pods.clone());
+            async move { pods.list(&lp).await.ok().filter(|l| l.items.is_empty()).map(|_| ()) }
+        })
         .await;
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
-            .await;
-        let _ = Api::<GpuAccount>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
-            .await;
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+        let _ = Api::<GpuAccount>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
     }
 }
 
@@ -413,24 +317,12 @@ impl Tenant {
 pub async fn sweep() {
     let client = client().await;
     let lp = ListParams::default().labels("runplane.dev/e2e=true");
-    for ns in Api::<Namespace>::all(client.clone())
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-    {
+    for ns in Api::<Namespace>::all(client.clone()).list(&lp).await.unwrap().items {
         let tasks: Api<GpuTask> = Api::namespaced(client.clone(), &ns.name_any());
-        let _ = tasks
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
+        let _ = tasks.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
         // Pods left with runplane's finalizer and no controller to release them.
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name_any());
-        for pod in pods
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
+        for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
             let _ = pods
                 .patch(
                     &pod.name_any(),
@@ -439,13 +331,9 @@ pub async fn sweep() {
                 )
                 .await;
         }
-        let _ = Api::<Namespace>::all(client.clone())
-            .delete(&ns.name_any(), &DeleteParams::default())
-            .await;
+        let _ = Api::<Namespace>::all(client.clone()).delete(&ns.name_any(), &DeleteParams::default()).await;
     }
-    let _ = Api::<GpuAccount>::all(client)
-        .delete_collection(&DeleteParams::default(), &lp)
-        .await;
+    let _ = Api::<GpuAccount>::all(client).delete_collection(&DeleteParams::default(), &lp).await;
 }
 
 pub fn merge(base: &mut Value, extra: Value) {
@@ -462,15 +350,73 @@ pub fn merge(base: &mut Value, extra: Value) {
 pub fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     h.finish() as u32
 }
 
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// The Python webhook receiver (`e2e/webhook_receiver.py`), killed when dropped.
+pub struct Receiver {
+    child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+    pub fail_flag: PathBuf,
+    secret: String,
+}
+
+impl Receiver {
+    /// A receiver that is not listening yet (deliveries to it fail).
+    pub fn planned(secret: &str) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir();
+        let log = dir.join(format!("runplane-e2e-webhooks-{port}.jsonl"));
+        let fail_flag = dir.join(format!("runplane-e2e-webhooks-{port}.fail"));
+        let _ = std::fs::remove_file(&log);
+        Self { child: None, port, log, fail_flag, secret: secret.into() }
+    }
+
+    pub async fn start(&mut self) {
+        let child = Command::new("python3")
+            .arg(repo().join("e2e/webhook_receiver.py"))
+            .args(["--port", &self.port.to_string(), "--secret", &self.secret, "--lifetime", "600"])
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--fail-flag")
+            .arg(&self.fail_flag)
+            .spawn()
+            .expect("python3 runs the receiver");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("the webhook receiver to listen", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.fail_flag);
+    }
 }
