@@ -59,17 +59,7 @@ async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
     for i in 0..12 {
         tenant.task(&format!("t{i}"), "short", json!({})).await;
     }
-    let most = Cell::new(0);
-    let all_done = wait_for("12 tasks to finish", 2 * MINUTE, || {
-        let (tenant, most) = (&tenant, &most);
-        async move {
-            most.set(most.get().max(tenant.live_pods().await.len()));
-            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
-            tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
-        }
-    })
-    .await;
-    let most = most.get();
+    let (all_done, most) = tenant.finish_all(2 * MINUTE, 0).await;
     assert!(most <= 5, "{most} pods ran at once on a free account");
     assert!(most >= 2, "tasks ran in parallel ({most})");
     assert!(all_done.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
@@ -330,16 +320,7 @@ async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
         tokio::time::sleep(Duration::from_millis(1500 + 1000 * round)).await;
         controller.restart().await;
     }
-    let tasks = wait_for("all 9 tasks to finish", 2 * MINUTE, || {
-        let (tenant, most) = (&tenant, &most);
-        async move {
-            most.set(most.get().max(tenant.live_pods().await.len()));
-            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
-            tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
-        }
-    })
-    .await;
-    let most = most.get();
+    let (tasks, most) = tenant.finish_all(2 * MINUTE, most.get()).await;
     assert!(most <= 3, "{most} pods at once with a limit of 3");
     let mut total = 0;
     for t in &tasks {
@@ -513,17 +494,8 @@ async fn two_replicas_one_leader_and_a_failover_within_the_lease() {
     })
     .await;
     assert!(killed.elapsed() < Duration::from_secs(12), "failover took {:?}", killed.elapsed());
-    let most = Cell::new(0);
-    let tasks = wait_for("all tasks to finish after the failover", 2 * MINUTE, || {
-        let (tenant, most) = (&tenant, &most);
-        async move {
-            most.set(most.get().max(tenant.live_pods().await.len()));
-            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
-            tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
-        }
-    })
-    .await;
-    assert!(most.get() <= 2, "{} pods at once with a limit of 2", most.get());
+    let (tasks, most) = tenant.finish_all(2 * MINUTE, 0).await;
+    assert!(most <= 2, "{most} pods at once with a limit of 2");
     assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
     assert!(tasks.iter().all(|t| t.status.as_ref().unwrap().attempts == Some(1)));
     tenant.cleanup().await;

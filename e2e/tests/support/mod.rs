@@ -297,6 +297,23 @@ impl Tenant {
             .collect()
     }
 
+    /// Waits until every task of the tenant has finished, sampling how many
+    /// of its pods held capacity at once. Returns the tasks and that peak;
+    /// `peak` carries a peak seen earlier into the count.
+    pub async fn finish_all(&self, timeout: Duration, peak: usize) -> (Vec<GpuTask>, usize) {
+        let most = std::cell::Cell::new(peak);
+        let tasks = wait_for("every task to finish", timeout, || {
+            let most = &most;
+            async move {
+                most.set(most.get().max(self.live_pods().await.len()));
+                let tasks = self.tasks().list(&ListParams::default()).await.ok()?.items;
+                tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
+            }
+        })
+        .await;
+        (tasks, most.get())
+    }
+
     /// Deletes the tenant's tasks (the controller lets their pods go), then
     /// the namespace and the account.
     pub async fn cleanup(self) {
