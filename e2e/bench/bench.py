@@ -342,7 +342,9 @@ def request_counts():
         if not m:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        key = (labels.get("verb"), labels.get("group", ""), labels.get("resource"), labels.get("subresource", ""))
+        verb = labels.get("verb", "").lower()
+        verb = {"post": "create", "put": "update"}.get(verb, verb)
+        key = (verb, labels.get("group", ""), labels.get("resource"), labels.get("subresource", ""))
         out[key] = out.get(key, 0) + float(m.group(2))
     return out
 
@@ -415,7 +417,7 @@ def throughput(args, sizes, out):
     # (c) runplane with ample quota
     ns = "bench-tp"
     ensure_namespace(ns)
-    account("bench-tp", "custom", [ns], limits={"concurrentTasks": 100000, "gpus": 100000})
+    account("bench-tp", "custom", [ns], limits={"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000})
     template(ns, "t2s", "2s")
     ctl = Controller(args.runplane, out, "throughput")
     try:
@@ -451,7 +453,7 @@ def writes_per_task(args, sizes, out):
     n = sizes["writes"]
     ns = "bench-writes"
     ensure_namespace(ns)
-    account("bench-writes", "custom", [ns], limits={"concurrentTasks": 100000, "gpus": 100000})
+    account("bench-writes", "custom", [ns], limits={"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000})
     template(ns, "t1s", "1s")
     ctl = Controller(args.runplane, out, "writes")
     try:
