@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-.PHONY: demo down test unit e2e cluster-up cluster-down crds
+.PHONY: demo down test unit e2e cluster-up cluster-down crds bench
 
 ## Build, start the local control plane, the controller and the sample task.
 demo:
@@ -25,3 +25,7 @@ cluster-down:
 ## Regenerate the CRDs from the Rust types.
 crds:
 	cargo run --quiet -- crds > crds/runplane.yaml
+
+## Benchmarks on the local control plane (own ports; BENCH_SCALE=tiny|small|full).
+bench:
+	BENCH_SCALE=$(or $(BENCH_SCALE),full) bash e2e/bench/run.sh

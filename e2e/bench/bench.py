@@ -1,0 +1,714 @@
+#!/usr/bin/env python3
+"""runplane benchmarks on the local kwok control plane (see e2e/bench/README.md).
+
+Every scenario prints a table, and writes <out>/<scenario>.json and a PNG plot.
+Rates are measured side by side in one run on a noisy machine, so the figures
+to compare are the ratios and the counts, not the absolute rates.
+
+Talks to the apiserver with plain HTTPS (requests) and the admin client
+certificate of e2e/.cluster; the controller runs as a child process.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import requests
+import urllib3
+
+urllib3.disable_warnings()
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+STATE = os.path.join(ROOT, "e2e", ".cluster")
+PKI = os.path.join(STATE, "pki")
+PORT = int(os.environ.get("RUNPLANE_E2E_APISERVER_PORT", "26443"))
+BASE = f"https://127.0.0.1:{PORT}"
+UA = "runplane-bench/1"
+GROUP = "runplane.dev/v1alpha1"
+
+SCALES = {
+    # tasks for throughput, Job controller at defaults, writes-per-task run,
+    # backlog tasks/accounts/quota, memory points
+    "tiny": dict(throughput=200, job_defaults=100, writes=100, backlog=300, accounts=6, quota=40, memory=[2000, 5000]),
+    "small": dict(throughput=1000, job_defaults=200, writes=200, backlog=2000, accounts=30, quota=100, memory=[5000, 15000]),
+    "full": dict(throughput=2000, job_defaults=300, writes=300, backlog=15000, accounts=30, quota=400, memory=[15000, 100000]),
+}
+
+_local = threading.local()
+
+
+def session():
+    s = getattr(_local, "s", None)
+    if s is None:
+        s = requests.Session()
+        s.cert = (os.path.join(PKI, "admin.crt"), os.path.join(PKI, "admin.key"))
+        s.verify = os.path.join(PKI, "ca.crt")
+        s.headers["User-Agent"] = UA
+        s.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify, and proxies apply
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4)
+        s.mount("https://", adapter)
+        _local.s = s
+    return s
+
+
+def plain():
+    """A session for loopback endpoints other than the apiserver (no env proxies)."""
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+COUNT = {"n": 0}
+COUNT_LOCK = threading.Lock()
+
+
+def api(method, path, body=None, ok=(200, 201, 202), params=None, ctype="application/json", retries=5):
+    """One apiserver call; every call the harness makes is counted."""
+    for attempt in range(retries):
+        with COUNT_LOCK:
+            COUNT["n"] += 1
+            COUNT.setdefault(method, 0)
+            COUNT[method] += 1
+        try:
+            r = session().request(method, BASE + path, data=None if body is None else json.dumps(body),
+                                  headers={"Content-Type": ctype}, params=params, timeout=60)
+        except requests.RequestException:
+            time.sleep(0.2 * (attempt + 1))
+            continue
+        if r.status_code in ok:
+            return r.json() if r.content else None
+        if r.status_code in (429, 500, 503, 504) or (r.status_code == 403 and "serviceaccount" in r.text):
+            time.sleep(0.2 * (attempt + 1))
+            continue
+        raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:300]}")
+    raise RuntimeError(f"{method} {path}: gave up after {retries} attempts")
+
+
+def parallel(fn, items, workers):
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(fn, items))
+
+
+def now():
+    return time.monotonic()
+
+
+# ---------------------------------------------------------------------------
+# objects
+# ---------------------------------------------------------------------------
+
+def ensure_namespace(ns):
+    api("POST", "/api/v1/namespaces", {"metadata": {"name": ns, "labels": {"runplane.dev/bench": "true"}}},
+        ok=(201, 409))
+    deadline = now() + 60
+    while now() < deadline:
+        try:
+            r = session().get(f"{BASE}/api/v1/namespaces/{ns}/serviceaccounts/default", timeout=10)
+        except requests.RequestException:
+            time.sleep(0.2)
+            continue
+        if r.status_code == 200:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"no default service account in {ns}")
+
+
+def delete_namespaces(prefix):
+    items = api("GET", "/api/v1/namespaces", params={"labelSelector": "runplane.dev/bench=true"})["items"]
+    for ns in items:
+        name = ns["metadata"]["name"]
+        if name.startswith(prefix):
+            api("DELETE", f"/api/v1/namespaces/{name}", ok=(200, 202, 404))
+
+
+def wait_namespaces_gone(prefix, timeout=240):
+    deadline = now() + timeout
+    while now() < deadline:
+        items = api("GET", "/api/v1/namespaces", params={"labelSelector": "runplane.dev/bench=true"})["items"]
+        if not [n for n in items if n["metadata"]["name"].startswith(prefix)]:
+            return True
+        time.sleep(1)
+    return False
+
+
+def account(name, plan, namespaces, limits=None, credits=10**12):
+    spec = {"plan": plan, "namespaces": namespaces, "credits": credits}
+    if limits:
+        spec["limits"] = limits
+    api("POST", f"/apis/{GROUP}/gpuaccounts",
+        {"apiVersion": GROUP, "kind": "GpuAccount", "metadata": {"name": name, "labels": {"runplane.dev/bench": "true"}},
+         "spec": spec}, ok=(201, 409))
+
+
+def template(ns, name, duration, gpus=1):
+    api("POST", f"/apis/{GROUP}/namespaces/{ns}/gputemplates",
+        {"apiVersion": GROUP, "kind": "GpuTemplate", "metadata": {"name": name},
+         "spec": {"image": "example.com/worker:1", "gpus": gpus,
+                  "podMetadata": {"annotations": {"e2e.runplane.dev/duration": duration}}}}, ok=(201, 409))
+
+
+def task_body(name, tpl):
+    return {"apiVersion": GROUP, "kind": "GpuTask", "metadata": {"name": name},
+            "spec": {"templateRef": {"name": tpl}, "input": {"prompt": name}}}
+
+
+def delete_accounts():
+    api("DELETE", f"/apis/{GROUP}/gpuaccounts", params={"labelSelector": "runplane.dev/bench=true"}, ok=(200, 404))
+
+
+def equivalent_pod(name, duration):
+    """What runplane creates for a 1-GPU task (without the owner and finalizer)."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"bench": "raw"},
+                         "annotations": {"e2e.runplane.dev/duration": duration}},
+            "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 3600,
+                     "containers": [{"name": "task", "image": "example.com/worker:1",
+                                     "env": [{"name": "RUNPLANE_INPUT", "value": json.dumps({"prompt": name})}],
+                                     "resources": {"limits": {"nvidia.com/gpu": "1"},
+                                                   "requests": {"nvidia.com/gpu": "1"}}}]}}
+
+
+# ---------------------------------------------------------------------------
+# watching pods: local receive time of each pod's creation and end
+# ---------------------------------------------------------------------------
+
+class PodWatch:
+    """Watches pods (all namespaces, with a label selector) and records when
+    each was first seen and when it was first seen finished."""
+
+    def __init__(self, selector):
+        self.selector = selector
+        self.added = {}
+        self.finished = {}
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(30)
+
+    def _run(self):
+        s = requests.Session()
+        s.cert = (os.path.join(PKI, "admin.crt"), os.path.join(PKI, "admin.key"))
+        s.verify = os.path.join(PKI, "ca.crt")
+        s.headers["User-Agent"] = UA
+        s.trust_env = False
+        rv = api("GET", "/api/v1/pods", params={"labelSelector": self.selector, "limit": 1})["metadata"]["resourceVersion"]
+        while not self.stop.is_set():
+            try:
+                with COUNT_LOCK:
+                    COUNT["n"] += 1
+                r = s.get(f"{BASE}/api/v1/pods", params={"watch": "1", "labelSelector": self.selector,
+                                                         "resourceVersion": rv, "timeoutSeconds": 300,
+                                                         "allowWatchBookmarks": "true"}, stream=True, timeout=400)
+                self.ready.set()
+                for line in r.iter_lines():
+                    if self.stop.is_set():
+                        break
+                    if not line:
+                        continue
+                    t = now()
+                    ev = json.loads(line)
+                    obj = ev["object"]
+                    if ev["type"] == "ERROR":
+                        rv = api("GET", "/api/v1/pods", params={"labelSelector": self.selector, "limit": 1})["metadata"]["resourceVersion"]
+                        break
+                    rv = obj["metadata"]["resourceVersion"]
+                    if ev["type"] == "BOOKMARK":
+                        continue
+                    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+                    self.added.setdefault(key, t)
+                    if obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                        self.finished.setdefault(key, t)
+            except Exception:  # reconnect
+                time.sleep(0.2)
+
+    def close(self):
+        self.stop.set()
+
+
+# ---------------------------------------------------------------------------
+# controller process
+# ---------------------------------------------------------------------------
+
+class Controller:
+    def __init__(self, binary, out, name, extra=()):
+        self.metrics = int(os.environ.get("RUNPLANE_BENCH_METRICS_PORT", "28080"))
+        self.log = open(os.path.join(out, f"controller-{name}.log"), "w")
+        self.proc = subprocess.Popen(
+            [binary, "controller", "--kubeconfig", os.path.join(STATE, "kubeconfig"), "--leader-election=false",
+             "--metrics-addr", f"127.0.0.1:{self.metrics}", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
+        deadline = now() + 120
+        while now() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("controller exited; see its log")
+            try:
+                if plain().get(f"http://127.0.0.1:{self.metrics}/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("controller never became ready")
+
+    def rss_mb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------
+# kube-controller-manager at its default client QPS
+# ---------------------------------------------------------------------------
+
+def kcm_pid():
+    with open(os.path.join(STATE, "pids", "kube-controller-manager.pid")) as f:
+        return int(f.read().strip())
+
+
+def restart_kcm(drop_qps):
+    """Restarts the cluster's kube-controller-manager with the same flags,
+    with (drop_qps=False) or without (True) --kube-api-qps/--kube-api-burst.
+    Returns the flags it was started with."""
+    pid = kcm_pid()
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = [a.decode() for a in f.read().split(b"\0") if a]
+    saved = os.path.join(STATE, "kube-controller-manager.argv.json")
+    if not os.path.exists(saved):
+        with open(saved, "w") as f:
+            json.dump(argv, f)
+    with open(saved) as f:
+        original = json.load(f)
+    want = [a for a in original if not (drop_qps and re.match(r"--kube-api-(qps|burst)=", a))]
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.1)
+    log = open(os.path.join(STATE, "logs", "kube-controller-manager.log"), "a")
+    pidfile = os.path.join(STATE, "pids", "kube-controller-manager.pid")
+    subprocess.Popen(["setsid", "bash", "-c", 'echo $$ >"$0"; exec "$@"', pidfile, *want],
+                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    port = int(os.environ.get("RUNPLANE_E2E_CONTROLLER_MANAGER_PORT", "27257"))
+    deadline = now() + 60
+    while now() < deadline:
+        try:
+            if plain().get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    time.sleep(2)
+    return want[1:]
+
+
+# ---------------------------------------------------------------------------
+# apiserver request counters
+# ---------------------------------------------------------------------------
+
+METRIC = re.compile(r'^apiserver_request_total\{(.*)\} ([0-9.e+]+)$')
+
+
+def request_counts():
+    text = session().get(f"{BASE}/metrics", timeout=30).text
+    with COUNT_LOCK:
+        COUNT["n"] += 1
+    out = {}
+    for line in text.splitlines():
+        m = METRIC.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        verb = labels.get("verb", "").lower()
+        verb = {"post": "create", "put": "update"}.get(verb, verb)
+        key = (verb, labels.get("group", ""), labels.get("resource"), labels.get("subresource", ""))
+        out[key] = out.get(key, 0) + float(m.group(2))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# scenarios
+# ---------------------------------------------------------------------------
+
+def wait_count(watch, n, timeout, field="added"):
+    deadline = now() + timeout
+    while now() < deadline and len(getattr(watch, field)) < n:
+        time.sleep(0.05)
+    return len(getattr(watch, field))
+
+
+def throughput(args, sizes, out):
+    n = sizes["throughput"]
+    conns = args.connections
+    res = {"tasks": n, "connections": conns}
+    timeout = args.phase_timeout
+
+    # (a) raw pod creates
+    ns = "bench-raw"
+    ensure_namespace(ns)
+    w = PodWatch("bench=raw")
+    t0 = now()
+    parallel(lambda i: api("POST", f"/api/v1/namespaces/{ns}/pods", equivalent_pod(f"raw-{i}", "2s")), range(n), conns)
+    t_posted = now()
+    seen = wait_count(w, n, timeout)
+    w.close()
+    res["raw"] = {"created": seen, "seconds": max(w.added.values()) - t0,
+                  "post_seconds": t_posted - t0}
+    res["raw"]["rate"] = seen / res["raw"]["seconds"]
+    res["raw"]["series"] = sorted(t - t0 for t in w.added.values())
+    print(f"  raw pod creates: {seen} pods in {res['raw']['seconds']:.2f}s = {res['raw']['rate']:.1f}/s", flush=True)
+
+    # (b) the Job controller, as the cluster runs it, then at its default client QPS
+    def jobs(ns, count, label):
+        ensure_namespace(ns)
+        w = PodWatch(f"bench-job={label}")
+        body = lambda i: {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"job-{i}"},
+                          "spec": {"backoffLimit": 0, "completions": 1, "parallelism": 1,
+                                   "template": {"metadata": {"labels": {"bench-job": label},
+                                                             "annotations": {"e2e.runplane.dev/duration": "2s"}},
+                                                "spec": equivalent_pod("x", "2s")["spec"]}}}
+        t0 = now()
+        parallel(lambda i: api("POST", f"/apis/batch/v1/namespaces/{ns}/jobs", body(i)), range(count), conns)
+        t_posted = now()
+        seen = wait_count(w, count, timeout)
+        w.close()
+        r = {"tasks": count, "created": seen, "seconds": (max(w.added.values()) - t0) if w.added else None,
+             "post_seconds": t_posted - t0, "complete": seen == count}
+        if seen < count:
+            r["seconds"] = now() - t0
+        r["rate"] = seen / r["seconds"]
+        r["series"] = sorted(t - t0 for t in w.added.values())
+        print(f"  Job controller ({label}): {seen}/{count} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s", flush=True)
+        return r
+
+    flags = restart_kcm(drop_qps=False)
+    res["kcm_flags_as_run"] = [f for f in flags if "qps" in f or "burst" in f]
+    res["job_raised_qps"] = jobs("bench-job-raised", n, "raised")
+    if not args.skip_kcm_defaults:
+        restart_kcm(drop_qps=True)
+        try:
+            res["job_defaults"] = jobs("bench-job-defaults", sizes["job_defaults"], "defaults")
+        finally:
+            restart_kcm(drop_qps=False)
+
+    # (c) runplane with ample quota
+    ns = "bench-tp"
+    ensure_namespace(ns)
+    account("bench-tp", "custom", [ns], limits={"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000})
+    template(ns, "t2s", "2s")
+    ctl = Controller(args.runplane, out, "throughput")
+    try:
+        time.sleep(2)
+        w = PodWatch("runplane.dev/task")
+        cpu0 = ctl.cpu_seconds()
+        t0 = now()
+        parallel(lambda i: api("POST", f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body(f"tp-{i}", "t2s")),
+                 range(n), conns)
+        t_posted = now()
+        seen = wait_count(w, n, timeout)
+        w.close()
+        r = {"created": seen, "seconds": max(w.added.values()) - t0, "post_seconds": t_posted - t0,
+             "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "controller_rss_mb": ctl.rss_mb()}
+        r["rate"] = seen / r["seconds"]
+        r["series"] = sorted(t - t0 for t in w.added.values())
+        res["runplane"] = r
+        print(f"  runplane: {seen} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
+              f"(controller CPU {r['controller_cpu_seconds']:.1f}s)", flush=True)
+    finally:
+        ctl.stop()
+    res["ratio_runplane_raw"] = res["runplane"]["rate"] / res["raw"]["rate"]
+    res["ratio_runplane_job_raised"] = res["runplane"]["rate"] / res["job_raised_qps"]["rate"]
+    if "job_defaults" in res:
+        res["ratio_runplane_job_defaults"] = res["runplane"]["rate"] / res["job_defaults"]["rate"]
+    for k in ("bench-raw", "bench-job", "bench-tp"):
+        delete_namespaces(k)
+    delete_accounts()
+    return res
+
+
+def writes_per_task(args, sizes, out):
+    n = sizes["writes"]
+    ns = "bench-writes"
+    ensure_namespace(ns)
+    account("bench-writes", "custom", [ns], limits={"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000})
+    template(ns, "t1s", "1s")
+    ctl = Controller(args.runplane, out, "writes")
+    try:
+        time.sleep(3)
+        before = request_counts()
+        c0 = dict(COUNT)
+        parallel(lambda i: api("POST", f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body(f"w-{i}", "t1s")),
+                 range(n), args.connections)
+        deadline = now() + args.phase_timeout
+        done = 0
+        while now() < deadline:
+            items = api("GET", f"/apis/{GROUP}/namespaces/{ns}/gputasks")["items"]
+            done = sum(1 for t in items if (t.get("status") or {}).get("phase") in ("Completed", "Failed"))
+            pods = api("GET", f"/api/v1/namespaces/{ns}/pods")["items"]
+            if done == n and not pods:
+                break
+            time.sleep(1)
+        time.sleep(4)  # let account status and event writes land
+        after = request_counts()
+        harness = {k: COUNT.get(k, 0) - c0.get(k, 0) for k in ("POST", "GET", "PATCH", "DELETE", "n")}
+        events = api("GET", f"/apis/events.k8s.io/v1/namespaces/{ns}/events")["items"]
+    finally:
+        ctl.stop()
+    by_reporter = {}
+    for e in events:
+        by_reporter[e.get("reportingController") or ""] = by_reporter.get(e.get("reportingController") or "", 0) + 1
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    delta = {k: v for k, v in delta.items() if v > 0}
+    writes = ("create", "update", "patch", "delete", "apply", "deletecollection")
+    rows = []
+    other_events = sum(v for r, v in by_reporter.items() if r != "runplane.dev/controller")
+
+    def take(verb, group, resource, sub, minus=0, note=""):
+        v = delta.get((verb, group, resource, sub), 0) - minus
+        if v > 0:
+            rows.append({"verb": verb, "resource": f"{resource}{'/' + sub if sub else ''}", "group": group,
+                         "count": v, "per_task": v / n, "note": note})
+
+    for (verb, group, resource, sub) in sorted(delta):
+        if verb not in writes:
+            continue
+        if group == "runplane.dev" and resource == "gputasks" and verb == "create" and sub == "":
+            take(verb, group, resource, sub, minus=n, note=f"minus the harness's {n} creates")
+        elif group == "runplane.dev":
+            take(verb, group, resource, sub)
+        elif group == "" and resource == "pods" and sub in ("",):
+            take(verb, group, resource, sub)
+        elif group == "events.k8s.io" and resource == "events" and verb == "create":
+            take(verb, group, resource, sub, minus=other_events, note=f"minus {other_events} events of other reporters")
+        elif group == "events.k8s.io" and resource == "events":
+            take(verb, group, resource, sub, note="series updates")
+    total = sum(r["count"] for r in rows)
+    others = [{"verb": k[0], "group": k[1], "resource": k[2] + ("/" + k[3] if k[3] else ""), "count": v}
+              for k, v in sorted(delta.items()) if k[0] in writes]
+    res = {"tasks": n, "completed": done, "rows": rows, "writes_total": total, "writes_per_task": total / n,
+           "events_by_reporter": by_reporter, "harness_requests": harness, "all_write_deltas": others}
+    print(f"  {n} tasks, {done} finished: {total:.0f} runplane writes = {total / n:.2f} per task", flush=True)
+    for r in rows:
+        print(f"    {r['verb']:8} {r['group'] + '/' if r['group'] else ''}{r['resource']:22} {r['count']:7.0f} "
+              f"{r['per_task']:5.2f}/task {r['note']}")
+    delete_namespaces("bench-writes")
+    delete_accounts()
+    return res
+
+
+def backlog(args, sizes, out):
+    n, n_acc, quota = sizes["backlog"], sizes["accounts"], sizes["quota"]
+    plans = ["free", "pro", "team"]
+    buckets = {"d1": 1.0, "d2": 2.0, "d4": 4.0}
+    namespaces = [f"bench-bl-{i:02d}" for i in range(n_acc)]
+    parallel(ensure_namespace, namespaces, 8)
+    for i, ns in enumerate(namespaces):
+        account(f"bench-bl-{i:02d}", plans[i % 3], [ns])
+        for b, secs in buckets.items():
+            template(ns, b, f"{int(secs * 1000)}ms")
+    names = list(buckets)
+    work = [(namespaces[i % n_acc], f"bl-{i}", names[(i * 7 + i // n_acc) % len(names)]) for i in range(n)]
+    gpu_seconds = sum(buckets[b] for _, _, b in work)
+    ctl = Controller(args.runplane, out, "backlog", extra=["--gpu-quota", str(quota)])
+    try:
+        time.sleep(2)
+        w = PodWatch("runplane.dev/task")
+        t0 = now()
+        cpu0 = ctl.cpu_seconds()
+        parallel(lambda x: api("POST", f"/apis/{GROUP}/namespaces/{x[0]}/gputasks", task_body(x[1], x[2])),
+                 work, args.connections)
+        t_posted = now()
+        ideal = gpu_seconds / quota
+        deadline = now() + max(args.phase_timeout, 4 * ideal + 60)
+        samples = []
+        rss = []
+        while now() < deadline and len(w.finished) < n:
+            t = now() - t0
+            running = len(w.added) - len(w.finished)
+            samples.append((t, n - len(w.added) if t >= (t_posted - t0) else None, running, len(w.finished)))
+            rss.append((t, ctl.rss_mb()))
+            time.sleep(0.5)
+        w.close()
+        cpu = ctl.cpu_seconds() - cpu0
+    finally:
+        ctl.stop()
+    added = w.added
+    finished = w.finished
+    dur = {name: buckets[b] for _, name, b in work}
+    t_last_add = max(added.values())
+    # GPU-seconds held while tasks waited: window from the first pod to the last pod created
+    # (until then every freed GPU had a waiting task to take it).
+    a0 = min(added.values())
+    used = 0.0
+    for k, ta in added.items():
+        tf = finished.get(k, t_last_add)
+        used += max(0.0, min(tf, t_last_add) - max(ta, a0))
+    available = quota * (t_last_add - a0)
+    # freed -> next pod created, while the backlog lasted
+    adds = sorted(added.values())
+    gaps = []
+    import bisect
+    for tf in sorted(finished.values()):
+        if tf >= t_last_add:
+            break
+        j = bisect.bisect_right(adds, tf)
+        if j < len(adds):
+            gaps.append(adds[j] - tf)
+    gaps.sort()
+
+    def pct(p):
+        return gaps[min(len(gaps) - 1, int(p / 100 * len(gaps)))] if gaps else None
+    makespan = (max(finished.values()) - t0) if finished else None
+    res = {"tasks": n, "accounts": n_acc, "quota_gpus": quota, "gpu_seconds_demand": gpu_seconds,
+           "started": len(added), "finished": len(finished),
+           "post_seconds": t_posted - t0, "utilization": used / available if available else None,
+           "ideal_makespan": ideal + max(buckets.values()) * 0, "measured_makespan": makespan,
+           "freed_to_next_p50_ms": pct(50) * 1000 if gaps else None,
+           "freed_to_next_p99_ms": pct(99) * 1000 if gaps else None, "gaps": len(gaps),
+           "controller_cpu_seconds": cpu, "samples": samples, "rss": rss,
+           "concurrency_limit_sum": sum({"free": 5, "pro": 10, "team": 25}[plans[i % 3]] for i in range(n_acc))}
+    print(f"  {n} tasks, quota {quota} GPUs, {gpu_seconds:.0f} GPU-s of work: GPU use while waiting "
+          f"{100 * res['utilization']:.1f}%, makespan ideal {ideal:.1f}s / measured {makespan:.1f}s, "
+          f"freed->next p50 {res['freed_to_next_p50_ms']:.0f} ms p99 {res['freed_to_next_p99_ms']:.0f} ms", flush=True)
+    # GPUs in use over time, from the watch
+    events = sorted([(t - t0, 1) for t in added.values()] + [(t - t0, -1) for t in finished.values()])
+    inuse, level = [], 0
+    for t, d in events:
+        level += d
+        inuse.append((t, level))
+    res["inuse"] = inuse[:: max(1, len(inuse) // 4000)]
+    delete_namespaces("bench-bl-")
+    delete_accounts()
+    return res
+
+
+def memory(args, sizes, out):
+    points = sizes["memory"]
+    res = {"points": []}
+    ns_done, ns_q = "bench-mem", "bench-mem-queued"
+    ensure_namespace(ns_done)
+    ensure_namespace(ns_q)
+    template(ns_done, "t", "1s")
+    template(ns_q, "t", "1s")
+    created = 0
+    ts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def make_done(i):
+        name = f"m-{i}"
+        api("POST", f"/apis/{GROUP}/namespaces/{ns_done}/gputasks", task_body(name, "t"), ok=(201, 409))
+        api("PATCH", f"/apis/{GROUP}/namespaces/{ns_done}/gputasks/{name}/status",
+            {"status": {"phase": "Completed", "startedAt": ts, "completedAt": ts, "processingTime": 1.0,
+                        "creditsUsed": 0, "output": {"text": "ok"}}},
+            ctype="application/merge-patch+json")
+
+    def measure(label, tasks):
+        ctl = Controller(args.runplane, out, f"memory-{label}")
+        try:
+            time.sleep(5)
+            vals = []
+            for _ in range(6):
+                vals.append(ctl.rss_mb())
+                time.sleep(1)
+            return {"tasks": tasks, "rss_mb": max(vals)}
+        finally:
+            ctl.stop()
+
+    res["points"].append(measure("0", 0))
+    print(f"  0 tasks: {res['points'][-1]['rss_mb']:.1f} MB", flush=True)
+    for target in points:
+        t0 = now()
+        queued = target // 100
+        parallel(make_done, range(created, target - queued), args.connections)
+        parallel(lambda i: api("POST", f"/apis/{GROUP}/namespaces/{ns_q}/gputasks", task_body(f"q-{i}", "t"), ok=(201, 409)),
+                 range(created // 100, queued), args.connections)
+        created = target
+        p = measure(str(target), target)
+        p["create_seconds"] = now() - t0
+        res["points"].append(p)
+        print(f"  {target} tasks ({queued} queued): {p['rss_mb']:.1f} MB", flush=True)
+    base = res["points"][0]
+    for p in res["points"][1:]:
+        p["bytes_per_task"] = (p["rss_mb"] - base["rss_mb"]) * 1024 * 1024 / p["tasks"]
+    delete_namespaces("bench-mem")
+    return res
+
+
+def gateway(args, sizes, out):
+    # TODO(gateway): the API gateway (`runplane api`) is not on this branch yet.
+    # When it lands: POST /v1/run at N connections vs direct GpuTask creates,
+    # GET /v1/tasks/{id} latency p50/p99 from its reflector cache.
+    return {"skipped": "the API gateway is not on this branch yet"}
+
+
+SCENARIOS = {"throughput": throughput, "writes": writes_per_task, "backlog": backlog, "memory": memory,
+             "gateway": gateway}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--scale", default=os.environ.get("BENCH_SCALE", "full"), choices=SCALES)
+    p.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", "throughput,writes,backlog,memory,gateway"))
+    p.add_argument("--runplane", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--connections", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", "16")))
+    p.add_argument("--phase-timeout", type=float, default=180)
+    p.add_argument("--skip-kcm-defaults", action="store_true")
+    for k in ("throughput", "backlog", "quota", "accounts", "writes", "job_defaults"):
+        p.add_argument(f"--{k.replace('_', '-')}", type=int)
+    p.add_argument("--memory-points", help="comma-separated task counts")
+    args = p.parse_args()
+    sizes = dict(SCALES[args.scale])
+    for k in ("throughput", "backlog", "quota", "accounts", "writes", "job_defaults"):
+        if getattr(args, k) is not None:
+            sizes[k] = getattr(args, k)
+    if args.memory_points:
+        sizes["memory"] = [int(x) for x in args.memory_points.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    delete_namespaces("bench-")
+    delete_accounts()
+    wait_namespaces_gone("bench-")
+    started = time.time()
+    for name in args.scenarios.split(","):
+        print(f"== {name} ({args.scale})", flush=True)
+        t = now()
+        res = SCENARIOS[name](args, sizes, args.out)
+        res["scale"] = args.scale
+        res["wall_seconds"] = now() - t
+        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        if name not in ("throughput",) or True:
+            wait_namespaces_gone("bench-")
+        try:
+            import plots
+            plots.plot(name, res, args.out)
+        except Exception as e:  # the numbers matter more than the picture
+            print(f"  (no plot: {e})")
+    print(f"== done in {time.time() - started:.0f}s; results in {args.out}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(__file__))
+    main()

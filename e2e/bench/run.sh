@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# make bench: builds runplane, starts the bench control plane (its own ports,
+# so it never collides with `make test`'s cluster), runs e2e/bench/bench.py,
+# and leaves the cluster running (BENCH_DOWN=1 stops it afterwards).
+#
+# Env: BENCH_SCALE [full] (tiny|small|full), BENCH_SCENARIOS, BENCH_OUT
+# [e2e/bench/results], BENCH_NODES [50], BENCH_NODE_GPUS [80], the
+# RUNPLANE_E2E_*_PORT variables (defaults below), BENCH_ARGS (extra flags).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+export RUNPLANE_E2E_APISERVER_PORT=${RUNPLANE_E2E_APISERVER_PORT:-26443}
+export RUNPLANE_E2E_ETCD_PORT=${RUNPLANE_E2E_ETCD_PORT:-22379}
+export RUNPLANE_E2E_ETCD_PEER_PORT=${RUNPLANE_E2E_ETCD_PEER_PORT:-22380}
+export RUNPLANE_E2E_CONTROLLER_MANAGER_PORT=${RUNPLANE_E2E_CONTROLLER_MANAGER_PORT:-27257}
+export RUNPLANE_E2E_SCHEDULER_PORT=${RUNPLANE_E2E_SCHEDULER_PORT:-27259}
+export RUNPLANE_E2E_KWOK_PORT=${RUNPLANE_E2E_KWOK_PORT:-27247}
+export RUNPLANE_E2E_NODES=${BENCH_NODES:-50}
+export RUNPLANE_E2E_NODE_GPUS=${BENCH_NODE_GPUS:-80}
+export RUNPLANE_E2E_NODE_PODS=${BENCH_NODE_PODS:-1000}
+CACHE=${RUNPLANE_CACHE:-$HOME/.cache/runplane}
+VENV=$CACHE/bench-venv
+
+if ! "$VENV/bin/python" -c 'import matplotlib, requests' 2>/dev/null; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet matplotlib requests
+fi
+
+cargo build --release --quiet
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$(cd "$TARGET/release" && pwd)/runplane
+
+bash e2e/cluster/up.sh >/dev/null
+kubectl --kubeconfig e2e/.cluster/kubeconfig apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
+
+OUT=${BENCH_OUT:-e2e/bench/results}
+# shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
+"$VENV/bin/python" e2e/bench/bench.py --scale "${BENCH_SCALE:-full}" --runplane "$BIN" --out "$OUT" ${BENCH_ARGS:-}
+
+if [[ ${BENCH_DOWN:-0} == 1 ]]; then
+  bash e2e/cluster/down.sh
+fi
