@@ -122,11 +122,12 @@ impl Admitter {
         let mut phases: BTreeMap<TaskPhase, i64> = BTreeMap::new();
         let mut queued: BTreeMap<String, i32> = BTreeMap::new();
         for task in caches.tasks.state() {
-            let status = task.status.clone().unwrap_or_default();
-            *phases.entry(status.phase.unwrap_or(TaskPhase::Queued)).or_default() += 1;
+            *phases.entry(task.phase().unwrap_or(TaskPhase::Queued)).or_default() += 1;
+            // Most cached tasks are finished: skip them before copying anything.
             if task.is_terminal() || task.metadata.deletion_timestamp.is_some() || task.spec.cancel {
                 continue;
             }
+            let status = task.status.clone().unwrap_or_default();
             let namespace = task.namespace().unwrap_or_default();
             let account = owners.get(&namespace).and_then(|o| o.as_ref().ok()).map(|a| a.name_any());
             if status.pod_name.is_some() {
