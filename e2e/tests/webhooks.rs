@@ -19,7 +19,8 @@ async fn tenant_with_secret(prefix: &str) -> Tenant {
     let tenant = Tenant::with_spec(prefix, json!({"plan": "pro", "credits": 10_000})).await;
     let secrets: Api<Secret> = Api::namespaced(tenant.client.clone(), &tenant.name);
     let secret: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "webhook-secret"}, "stringData": {"primary": SECRET}})).unwrap();
+        serde_json::from_value(json!({"metadata": {"name": "webhook-secret"}, "stringData": {"primary": SECRET}}))
+            .unwrap();
     secrets.create(&PostParams::default(), &secret).await.unwrap();
     let patch = json!({"spec": {"webhook": {"secretRef": {"name": "webhook-secret", "namespace": tenant.name}}}});
     Api::<runplane::resources::GpuAccount>::all(tenant.client.clone())
@@ -46,9 +47,7 @@ async fn delivered_once_signed_after_the_receiver_comes_up() {
     let mut receiver = Receiver::planned(SECRET);
     tenant.template("quick", "1s", json!({})).await;
     tenant.task("done", "quick", json!({"webhookUrl": receiver.url("/ok")})).await;
-    tenant
-        .template("crash", "1s", json!({"podMetadata": {"annotations": {"e2e.runplane.dev/exit-code": "2"}}}))
-        .await;
+    tenant.template("crash", "1s", json!({"podMetadata": {"annotations": {"e2e.runplane.dev/exit-code": "2"}}})).await;
     tenant.task("broken", "crash", json!({"webhookUrl": receiver.url("/ok")})).await;
     // The receiver is down: attempts fail and are recorded.
     wait_for("failed attempts to be recorded", MINUTE, || async {

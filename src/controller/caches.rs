@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -25,11 +26,17 @@ pub struct Caches {
     pub nodes: Store<Node>,
 }
 
-/// Shared streams that drive the task reconciler.
-pub struct Subscriptions {
-    pub tasks: reflector::ReflectHandle<GpuTask>,
-    pub pods: reflector::ReflectHandle<Pod>,
+/// Changes that drive the task reconciler: every applied or deleted task
+/// and task pod, forwarded by the reflectors while `active` (this replica
+/// leads). Deletions are forwarded too, so a vanished pod wakes its task.
+pub struct Triggers {
+    pub tasks: futures::channel::mpsc::UnboundedReceiver<GpuTask>,
+    pub pods: futures::channel::mpsc::UnboundedReceiver<Pod>,
+    pub active: Arc<AtomicBool>,
 }
+
+/// Where a reflector forwards its changes.
+type Forward<K> = Option<(futures::channel::mpsc::UnboundedSender<K>, Arc<AtomicBool>)>;
 
 fn trim<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
@@ -39,19 +46,20 @@ fn trim<K: Resource>(obj: &mut K) {
 }
 
 /// Starts the reflectors. Every change pokes `changed`, which wakes admission.
-pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Subscriptions, Vec<tokio::task::JoinHandle<()>>) {
+pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Triggers, Vec<tokio::task::JoinHandle<()>>) {
     let mut handles = Vec::new();
+    let active = Arc::new(AtomicBool::new(false));
 
-    let (tasks, task_writer) = reflector::store_shared::<GpuTask>(4096);
-    let task_sub = task_writer.subscribe().expect("shared store");
+    let (task_tx, task_rx) = futures::channel::mpsc::unbounded();
+    let (tasks, writer) = reflector::store::<GpuTask>();
     let stream = watcher(Api::<GpuTask>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(trim)
-        .reflect_shared(task_writer);
-    handles.push(drive("gputasks", stream, changed.clone()));
+        .reflect(writer);
+    handles.push(drive("gputasks", stream, changed.clone(), Some((task_tx, active.clone()))));
 
-    let (pods, pod_writer) = reflector::store_shared::<Pod>(4096);
-    let pod_sub = pod_writer.subscribe().expect("shared store");
+    let (pod_tx, pod_rx) = futures::channel::mpsc::unbounded();
+    let (pods, writer) = reflector::store::<Pod>();
     let stream =
         watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(labels::TASK).any_semantic())
             .default_backoff()
@@ -64,22 +72,22 @@ pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Subscriptions, Ve
                     }
                 }
             })
-            .reflect_shared(pod_writer);
-    handles.push(drive("pods", stream, changed.clone()));
+            .reflect(writer);
+    handles.push(drive("pods", stream, changed.clone(), Some((pod_tx, active.clone()))));
 
     let (accounts, writer) = reflector::store::<GpuAccount>();
     let stream = watcher(Api::<GpuAccount>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(trim)
         .reflect(writer);
-    handles.push(drive("gpuaccounts", stream, changed.clone()));
+    handles.push(drive("gpuaccounts", stream, changed.clone(), None));
 
     let (templates, writer) = reflector::store::<GpuTemplate>();
     let stream = watcher(Api::<GpuTemplate>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(trim)
         .reflect(writer);
-    handles.push(drive("gputemplates", stream, changed.clone()));
+    handles.push(drive("gputemplates", stream, changed.clone(), None));
 
     let (nodes, writer) = reflector::store::<Node>();
     let stream = watcher(Api::<Node>::all(client), watcher::Config::default().any_semantic())
@@ -91,21 +99,29 @@ pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Subscriptions, Ve
             }
         })
         .reflect(writer);
-    handles.push(drive("nodes", stream, changed));
+    handles.push(drive("nodes", stream, changed, None));
 
-    (Caches { tasks, pods, accounts, templates, nodes }, Subscriptions { tasks: task_sub, pods: pod_sub }, handles)
+    (Caches { tasks, pods, accounts, templates, nodes }, Triggers { tasks: task_rx, pods: pod_rx, active }, handles)
 }
 
-fn drive<S, T>(kind: &'static str, stream: S, changed: Arc<Notify>) -> tokio::task::JoinHandle<()>
+fn drive<S, K>(kind: &'static str, stream: S, changed: Arc<Notify>, forward: Forward<K>) -> tokio::task::JoinHandle<()>
 where
-    S: Stream<Item = Result<watcher::Event<T>, watcher::Error>> + Send + 'static,
-    T: Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Clone + Send + Sync + 'static,
 {
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(event) => {
+                    if let Some((tx, active)) = &forward
+                        && active.load(Ordering::Relaxed)
+                        && let watcher::Event::Apply(obj) | watcher::Event::Delete(obj) = &event
+                    {
+                        let _ = tx.unbounded_send(obj.clone());
+                    }
+                    changed.notify_one();
+                }
                 Err(error) => tracing::warn!(kind, %error, "watch error; retrying"),
             }
         }

@@ -79,11 +79,24 @@ pub struct Context {
     pub accounts: AccountWriter,
 }
 
+/// How often every task is reconciled even if nothing changed.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn ticks(period: std::time::Duration) -> impl futures::Stream<Item = ()> {
+    futures::stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+        |mut i| async move {
+            i.tick().await;
+            Some(((), i))
+        },
+    )
+}
+
 /// Runs the controller until it is stopped or loses its lease.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(ControllerMetrics::new());
     let changed = Arc::new(Notify::new());
-    let (caches, subscriptions, _reflectors) = caches::start(client.clone(), changed.clone());
+    let (caches, triggers, _reflectors) = caches::start(client.clone(), changed.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
 
@@ -110,8 +123,13 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
 
     let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone()).run(changed));
     let deliverer = tokio::spawn(webhooks::Deliverer::new(ctx.clone(), config.webhooks.clone()).run());
-    let reconciler = Controller::for_shared_stream(subscriptions.tasks, caches.tasks.clone())
-        .owns_shared_stream(subscriptions.pods)
+    // From here on the reflectors forward changes; a full pass now and every
+    // few minutes covers what happened before and anything a stream missed.
+    triggers.active.store(true, Ordering::SeqCst);
+    let resync = futures::stream::once(async {}).chain(ticks(RESYNC).map(|_| ())).boxed();
+    let reconciler = Controller::for_stream(triggers.tasks.map(Ok), caches.tasks.clone())
+        .owns_stream(triggers.pods.map(Ok))
+        .reconcile_all_on(resync)
         .with_config(ControllerConfig::default().concurrency(config.reconcile_concurrency))
         .shutdown_on_signal()
         .run(tasks::reconcile, tasks::error_policy, ctx.clone())
