@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The local demo: the control plane, the CRDs, the controller (and the
-# gateway when built), the sample account, template and task, and the task
-# reaching Completed with its output.
+# The local demo: the control plane, the CRDs, the controller and the
+# gateway, the sample account, template and task reaching Completed with its
+# output, then the same template run over the RunKey HTTP API.
 #   e2e/demo.sh up     start everything and run the sample task
 #   e2e/demo.sh stop   stop the controller and the gateway (the cluster stays)
 #   e2e/demo.sh down   stop them and the cluster
@@ -54,17 +54,20 @@ up() {
     kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
     stop_processes
     mkdir -p "$DEMO"
+    kubectl apply -f "$ROOT/deploy/examples/namespace.yaml" >/dev/null
+    # The key that derives per-task progress tokens, shared by both processes.
+    [ -s "$DEMO/callback.key" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DEMO/callback.key"
     log "starting the controller (log: e2e/.cluster/demo/controller.log)"
     "$BIN" controller --kubeconfig "$KUBECONFIG_PATH" --leader-election=false \
-        --metrics-addr "$METRICS_ADDR" >"$DEMO/controller.log" 2>&1 &
+        --metrics-addr "$METRICS_ADDR" --callback-url "http://$API_ADDR" \
+        --callback-key-file "$DEMO/callback.key" >"$DEMO/controller.log" 2>&1 &
     echo $! >"$DEMO/controller.pid"
     wait_http "http://$METRICS_ADDR/readyz" "the controller"
-    if "$BIN" api --help >/dev/null 2>&1; then
-        log "starting the gateway on http://$API_ADDR (log: e2e/.cluster/demo/api.log)"
-        "$BIN" api --kubeconfig "$KUBECONFIG_PATH" --listen "$API_ADDR" >"$DEMO/api.log" 2>&1 &
-        echo $! >"$DEMO/api.pid"
-        wait_http "http://$API_ADDR/readyz" "the gateway"
-    fi
+    log "starting the gateway on http://$API_ADDR (log: e2e/.cluster/demo/api.log)"
+    "$BIN" api --kubeconfig "$KUBECONFIG_PATH" --listen "$API_ADDR" --namespace demo \
+        --callback-key-file "$DEMO/callback.key" >"$DEMO/api.log" 2>&1 &
+    echo $! >"$DEMO/api.pid"
+    wait_http "http://$API_ADDR/readyz" "the gateway"
     log "applying deploy/examples (account, template, task)"
     kubectl delete gputask -n demo portrait-1 --ignore-not-found >/dev/null 2>&1 || true
     kubectl apply -f "$ROOT/deploy/examples/" >/dev/null
@@ -80,8 +83,19 @@ up() {
     kubectl get gputask -n demo portrait-1 -o jsonpath='{.status.output}'
     echo
     echo
+    log "creating an API key for account demo and running the template over HTTP"
+    KEY=$("$BIN" apikey create --kubeconfig "$KUBECONFIG_PATH" --account demo --namespace demo)
+    echo "$KEY" >"$DEMO/api-key"
+    echo "POST /v1/run:"
+    curl -sS -X POST "http://$API_ADDR/v1/run" -H "Authorization: Bearer $KEY" \
+        -H "Content-Type: application/json" -H "Prefer: wait=30" \
+        -d '{"template_id": "portrait-fix", "input": {"image_url": "https://example.com/photo.jpg", "enhancement": "high"}}'
+    echo
+    echo
     cat <<MSG
 runplane is running on the local control plane.
+  The gateway:   http://$API_ADDR  (API key in e2e/.cluster/demo/api-key; OpenAPI at /openapi.json)
+                 curl -H "Authorization: Bearer \$(cat e2e/.cluster/demo/api-key)" http://$API_ADDR/v1/account
   Look around:   kubectl --kubeconfig e2e/.cluster/kubeconfig get gt,gtpl -A
                  kubectl --kubeconfig e2e/.cluster/kubeconfig get gacct
                  kubectl --kubeconfig e2e/.cluster/kubeconfig describe gt -n demo portrait-1

@@ -40,3 +40,15 @@ log "end-to-end tests: the controller"
 cargo test --test e2e
 log "end-to-end tests: webhooks"
 cargo test --test webhooks
+log "end-to-end tests: the HTTP gateway"
+cargo test --test api
+
+# schemathesis (PyPI) in a virtualenv of its own, installed on first use.
+ST_VENV="${RUNPLANE_CACHE:-$HOME/.cache/runplane}/venv-schemathesis-4.32.5"
+if [ ! -x "$ST_VENV/bin/schemathesis" ]; then
+    log "installing schemathesis 4.32.5 into $ST_VENV"
+    python3 -m venv "$ST_VENV"
+    "$ST_VENV/bin/pip" install --quiet "schemathesis==4.32.5"
+fi
+log "schemathesis against the gateway's /openapi.json"
+SCHEMATHESIS="$ST_VENV/bin/schemathesis" RUNPLANE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/runplane" bash e2e/schemathesis.sh

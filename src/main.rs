@@ -25,6 +25,140 @@ enum Command {
     Crds,
     /// Run the controller: queue, admit and run GpuTasks as GPU pods.
     Controller(Box<ControllerArgs>),
+    /// Serve the HTTP API (RunKey /v1 and RunningHub /openapi/v2) on top of GpuTasks.
+    Api(ApiArgs),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+    /// Run a template through the API and print the task id (and, with --wait, its output).
+    Run(RunArgs),
+    /// Get, cancel or list tasks through the API.
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// Address to serve the API on.
+    #[arg(long, env = "RUNPLANE_API_ADDR", default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Namespace of the API-key Secrets.
+    #[arg(long, env = "RUNPLANE_NAMESPACE", default_value = "runplane-system")]
+    namespace: String,
+    /// File holding the key that derives per-task progress tokens (shared with the controller); without it progress callbacks are refused.
+    #[arg(long, env = "RUNPLANE_CALLBACK_KEY_FILE")]
+    callback_key_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Create a key for an account; prints the key once (only its hash is stored).
+    Create {
+        #[command(flatten)]
+        kube: KubeArgs,
+        /// The GpuAccount the key acts for.
+        #[arg(long)]
+        account: String,
+        /// Namespace of the API-key Secrets (the gateway's --namespace).
+        #[arg(long, env = "RUNPLANE_NAMESPACE", default_value = "runplane-system")]
+        namespace: String,
+    },
+    /// List the live keys of an account (or of all accounts): id, prefix, creation time. Revoked keys are deleted, so they are not listed.
+    List {
+        #[command(flatten)]
+        kube: KubeArgs,
+        /// Only the keys of this GpuAccount.
+        #[arg(long)]
+        account: Option<String>,
+        /// Namespace of the API-key Secrets (the gateway's --namespace).
+        #[arg(long, env = "RUNPLANE_NAMESPACE", default_value = "runplane-system")]
+        namespace: String,
+    },
+    /// Revoke a key by its id (as `list` shows it); it stops working within seconds.
+    Revoke {
+        #[command(flatten)]
+        kube: KubeArgs,
+        /// The key's id.
+        id: String,
+        /// Namespace of the API-key Secrets (the gateway's --namespace).
+        #[arg(long, env = "RUNPLANE_NAMESPACE", default_value = "runplane-system")]
+        namespace: String,
+    },
+}
+
+/// Where the API is and the key to use.
+#[derive(Args, Clone)]
+struct ApiClientArgs {
+    /// Base URL of the gateway.
+    #[arg(long, env = "RUNPLANE_API_URL", default_value = "http://127.0.0.1:8000")]
+    api_url: String,
+    /// API key (rk_live_…).
+    #[arg(long, env = "RUNPLANE_API_KEY", hide_env_values = true)]
+    api_key: String,
+}
+
+impl ApiClientArgs {
+    fn client(&self) -> anyhow::Result<runplane::api::client::ApiClient> {
+        Ok(runplane::api::client::ApiClient::new(&self.api_url, &self.api_key)?)
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    api: ApiClientArgs,
+    /// The template id.
+    template: String,
+    /// The input, a JSON object.
+    #[arg(long, default_value = "{}")]
+    input: String,
+    /// Wait for the task to end, showing its progress, then print its output.
+    #[arg(long)]
+    wait: bool,
+    /// URL for the completion callback.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Idempotency-Key of the request.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Print a task as JSON.
+    Get {
+        #[command(flatten)]
+        api: ApiClientArgs,
+        task_id: String,
+    },
+    /// Cancel a task and print it as JSON.
+    Cancel {
+        #[command(flatten)]
+        api: ApiClientArgs,
+        task_id: String,
+    },
+    /// List tasks, newest first, as JSON.
+    List {
+        #[command(flatten)]
+        api: ApiClientArgs,
+        /// Only tasks in this status (queued, running, completed, failed, canceled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only tasks of this template.
+        #[arg(long)]
+        template: Option<String>,
+        /// Page size, 1 to 100.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The next_cursor of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
 }
 
 /// Connection to the cluster, shared by every subcommand that talks to it.
@@ -198,7 +332,86 @@ async fn main() -> anyhow::Result<()> {
             };
             controller::run(client, config).await
         }
+        Command::Api(args) => {
+            init_logging(args.log_format);
+            let client = args.kube.client().await?;
+            let callback_key = match &args.callback_key_file {
+                Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+                None => None,
+            };
+            let config =
+                runplane::api::Config { listen: args.listen, key_namespace: args.namespace.clone(), callback_key };
+            runplane::api::run(client, config).await
+        }
+        Command::Apikey(command) => apikey(command).await,
+        Command::Run(args) => run_template(args).await,
+        Command::Task(command) => task(command).await,
     }
+}
+
+async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
+    use runplane::api::keys;
+    match command {
+        ApikeyCommand::Create { kube, account, namespace } => {
+            let (id, key) = keys::create(kube.client().await?, &namespace, &account).await?;
+            eprintln!(
+                "created API key {id} for account {account} (namespace {namespace}); it is shown only this once:"
+            );
+            println!("{key}");
+        }
+        ApikeyCommand::List { kube, account, namespace } => {
+            let list = keys::list(kube.client().await?, &namespace, account.as_deref()).await?;
+            println!("{:<16} {:<20} {:<16} CREATED", "ID", "ACCOUNT", "PREFIX");
+            for key in list {
+                println!("{:<16} {:<20} {:<16} {}", key.id, key.account, format!("{}…", key.prefix), key.created);
+            }
+        }
+        ApikeyCommand::Revoke { kube, id, namespace } => {
+            let key = keys::revoke(kube.client().await?, &namespace, &id).await?;
+            eprintln!("revoked API key {} of account {}", key.id, key.account);
+        }
+    }
+    Ok(())
+}
+
+async fn run_template(args: RunArgs) -> anyhow::Result<()> {
+    let input: serde_json::Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
+    anyhow::ensure!(input.is_object(), "--input must be a JSON object");
+    let client = args.api.client()?;
+    let accepted =
+        client.run(&args.template, input, args.webhook_url.as_deref(), args.idempotency_key.as_deref()).await?;
+    if !args.wait {
+        println!("{}", accepted.task_id);
+        return Ok(());
+    }
+    eprintln!("{}", accepted.task_id);
+    let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let task = client.wait(&accepted.task_id, show).await?;
+    if !show {
+        eprintln!("{}", runplane::api::client::describe(&task));
+    }
+    use runplane::api::wire::TaskStatus;
+    match task.status {
+        TaskStatus::Completed => {
+            let output = task.output.unwrap_or_else(|| serde_json::json!({}));
+            println!("{}", serde_json::to_string_pretty(&output)?);
+            Ok(())
+        }
+        _ => anyhow::bail!("task {} {}", task.task_id, runplane::api::client::describe(&task)),
+    }
+}
+
+async fn task(command: TaskCommand) -> anyhow::Result<()> {
+    let value = match command {
+        TaskCommand::Get { api, task_id } => serde_json::to_value(api.client()?.get(&task_id).await?)?,
+        TaskCommand::Cancel { api, task_id } => serde_json::to_value(api.client()?.cancel(&task_id).await?)?,
+        TaskCommand::List { api, status, template, limit, cursor } => {
+            let filter = runplane::api::client::ListFilter { status, template_id: template, limit, cursor };
+            serde_json::to_value(api.client()?.list(&filter).await?)?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
 }
 
 fn rand_suffix() -> u32 {

@@ -154,3 +154,52 @@ pub fn encode(registry: &Registry) -> String {
     TextEncoder::new().encode(&registry.gather(), &mut buffer).expect("text encoding cannot fail");
     String::from_utf8(buffer).expect("the text format is UTF-8")
 }
+
+/// The gateway's metrics.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    pub registry: Registry,
+    /// Requests by route template and HTTP status code.
+    pub requests: IntCounterVec,
+    /// Request duration by route template.
+    pub duration: HistogramVec,
+    /// Requests refused by the per-account rate limit.
+    pub rate_limited: IntCounter,
+}
+
+impl ApiMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("runplane_api_requests_total", "Gateway requests by matched route template and HTTP status code"),
+            &["route", "code"],
+        )
+        .unwrap();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "runplane_api_request_duration_seconds",
+                "Gateway request duration by matched route template",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0]),
+            &["route"],
+        )
+        .unwrap();
+        let rate_limited =
+            IntCounter::new("runplane_rate_limited_total", "Gateway requests refused by the per-account rate limit")
+                .unwrap();
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(rate_limited.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self { registry, requests, duration, rate_limited }
+    }
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,235 @@
+//! The HTTP gateway (`runplane api`): RunKey's `/v1` and RunningHub's
+//! `/openapi/v2` wire formats on top of GpuTasks.
+//!
+//! ```text
+//!  client ──Bearer rk_live_…──▶ outer (request id, errors, metrics)
+//!                                 └▶ authenticate (key Secret cache → GpuAccount, rate limit)
+//!                                      └▶ /v1, /openapi/v2 handlers ──reads──▶ reflector caches
+//!                                                 └──creates / cancels──▶ GpuTask (field manager runplane.dev/api)
+//!  workload ──Bearer <progress token>──▶ /v1/internal/tasks/{id}/progress ──▶ GpuTask status (progress, output)
+//! ```
+//!
+//! The gateway is stateless apart from its caches and the per-replica rate
+//! limit windows; it decides nothing about admission or accounting, and it
+//! writes no other object than GpuTasks.
+
+pub mod caches;
+pub mod client;
+pub mod error;
+pub mod http;
+pub mod keys;
+mod openapi;
+pub mod progress;
+pub mod ratelimit;
+pub mod runninghub;
+pub mod submit;
+pub mod v1;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
+use kube::Client;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+pub use caches::Caches;
+pub use openapi::document;
+
+use crate::domain::input::InputSchema;
+use crate::resources::{GpuTask, GpuTemplate};
+use crate::telemetry::ApiMetrics;
+use error::ApiError;
+
+/// Everything the gateway is configured with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Namespace of the API-key Secrets.
+    pub key_namespace: String,
+    /// Key that derives per-task progress tokens (shared with the controller);
+    /// None disables the progress callback.
+    pub callback_key: Option<Vec<u8>>,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    pub caches: Caches,
+    pub metrics: Arc<ApiMetrics>,
+    pub limiter: Arc<ratelimit::RateLimiter>,
+    pub ready: Arc<AtomicBool>,
+    pub callback_key: Option<Arc<[u8]>>,
+    openapi: Arc<String>,
+    /// Tasks this replica created lately, so that a GET right after the POST
+    /// waits for the cache instead of answering "not found".
+    recent: Arc<Mutex<HashMap<(String, String), Instant>>>,
+    /// Compiled input schemas by template, with the resourceVersion they were compiled from.
+    schemas: Arc<Mutex<HashMap<(String, String), CompiledSchema>>>,
+}
+
+/// A template's input schema and the resourceVersion it was compiled from.
+type CompiledSchema = (String, Arc<InputSchema>);
+
+/// How long a created task counts as recent.
+const RECENT: Duration = Duration::from_secs(60);
+
+impl AppState {
+    pub fn new(client: Client, caches: Caches, callback_key: Option<Vec<u8>>) -> Self {
+        let openapi = serde_json::to_string_pretty(&document()).expect("the document serializes");
+        Self {
+            client,
+            caches,
+            metrics: Arc::new(ApiMetrics::new()),
+            limiter: Arc::default(),
+            ready: Arc::new(AtomicBool::new(false)),
+            callback_key: callback_key.map(Arc::from),
+            openapi: Arc::new(openapi),
+            recent: Arc::default(),
+            schemas: Arc::default(),
+        }
+    }
+
+    /// The template's compiled input schema (compiled once per template version).
+    pub fn input_schema(&self, template: &GpuTemplate) -> Result<Arc<InputSchema>, ApiError> {
+        let key = (template.namespace().unwrap_or_default(), template.name_any());
+        let version = template.resource_version().unwrap_or_default();
+        let mut schemas = self.schemas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((v, schema)) = schemas.get(&key)
+            && *v == version
+        {
+            return Ok(schema.clone());
+        }
+        let schema = InputSchema::compile(template.spec.input_schema.as_ref()).map_err(|e| {
+            tracing::warn!(template = %key.1, namespace = %key.0, error = %e, "template has an invalid inputSchema");
+            ApiError::Internal(format!("template {} cannot be run: {e}", key.1))
+        })?;
+        let schema = Arc::new(schema);
+        if schemas.len() > 4096 {
+            schemas.clear();
+        }
+        schemas.insert(key, (version, schema.clone()));
+        Ok(schema)
+    }
+
+    pub fn remember_created(&self, namespace: &str, name: &str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        recent.retain(|_, at| now.duration_since(*at) < RECENT);
+        recent.insert((namespace.to_string(), name.to_string()), now);
+    }
+
+    /// The namespace of `name` if this replica created it lately in one of `namespaces`.
+    pub fn recently_created(&self, namespaces: &[String], name: &str) -> Option<String> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        namespaces
+            .iter()
+            .find(|ns| recent.get(&((*ns).clone(), name.to_string())).is_some_and(|at| at.elapsed() < RECENT))
+            .cloned()
+    }
+
+    /// Waits up to `timeout` for the cache to show the task in a state that
+    /// satisfies `done`; returns it then, or None.
+    pub async fn wait_for_task(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&GpuTask) -> bool,
+    ) -> Option<Arc<GpuTask>> {
+        let key = ObjectRef::new(name).within(namespace);
+        let mut changes = self.caches.task_changes.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            if let Some(task) = self.caches.tasks.get(&key).filter(|t| done(t)) {
+                return Some(task);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The gateway's routes, with the OpenAPI document they generate.
+fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+
+    let tenant = OpenApiRouter::new()
+        .routes(routes!(v1::run))
+        .routes(routes!(v1::list_tasks))
+        .routes(routes!(v1::get_task))
+        .routes(routes!(v1::cancel_task))
+        .routes(routes!(v1::redeliver_webhook))
+        .routes(routes!(v1::account))
+        .routes(routes!(runninghub::query))
+        .routes(routes!(runninghub::submit))
+        .route_layer(from_fn(http::authenticate));
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(tenant)
+        .routes(routes!(progress::report))
+        .routes(routes!(openapi::healthz))
+        .routes(routes!(openapi::readyz))
+        .routes(routes!(openapi::metrics))
+        .routes(routes!(openapi::openapi_json))
+}
+
+/// The gateway as an axum app.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router.fallback(http::no_route).layer(from_fn_with_state(state.clone(), http::outer)).with_state(state)
+}
+
+/// Serves the gateway until SIGTERM or Ctrl-C.
+pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+    let (caches, _reflectors) = caches::start(client.clone(), &config.key_namespace);
+    let state = AppState::new(client, caches.clone(), config.callback_key.clone());
+    if state.callback_key.is_none() {
+        tracing::warn!("no --callback-key-file: progress callbacks are refused");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(addr = %config.listen, keys = %config.key_namespace, "serving the API");
+    let ready = state.ready.clone();
+    tokio::spawn(async move {
+        match caches.wait_until_ready().await {
+            Ok(()) => {
+                ready.store(true, Ordering::SeqCst);
+                tracing::info!("caches ready");
+            }
+            Err(error) => tracing::error!(%error, "caches never filled"),
+        }
+    });
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown()).await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,402 @@
+//! The RunKey-compatible `/v1` routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::error::{ApiError, Result};
+use super::http::{JsonBody, Tenant, json_response};
+use super::submit::{self, Submission};
+use super::wire::{self, AccountLimits, AccountView, Cursor, Envelope, RunAccepted, TaskList, TaskStatus, TaskView};
+use crate::resources::{GpuTask, TaskPhase, managers};
+
+/// How long a cancel waits for the task to end before it answers.
+const CANCEL_WAIT: Duration = Duration::from_secs(3);
+
+/// Longest `Prefer: wait` honoured, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// The `wait=N` preference of a `Prefer` header, capped at [`MAX_WAIT_SECONDS`].
+pub fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|pref| {
+            let (name, value) = pref.trim().split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            value.trim().trim_matches('"').parse::<u64>().ok()
+        })
+        .map(|n| n.min(MAX_WAIT_SECONDS))
+}
+
+/// The view of a task with its queue position among the tenant's tasks.
+pub fn view(state: &AppState, tenant: &Tenant, task: &GpuTask) -> TaskView {
+    let position = if wire::TaskStatus::of(task.phase()) == TaskStatus::Queued {
+        let tasks = state.caches.tasks_in(&tenant.namespaces);
+        wire::queue_position(task, tasks.iter().map(Arc::as_ref))
+    } else {
+        None
+    };
+    wire::task_view(task, position)
+}
+
+/// Finds a tenant's task, giving the cache a moment to catch up with a task
+/// this replica just created.
+pub async fn find_task(state: &AppState, tenant: &Tenant, task_id: &str) -> Result<Arc<GpuTask>> {
+    if let Some(task) = state.caches.task(&tenant.namespaces, task_id) {
+        return Ok(task);
+    }
+    if let Some(namespace) = state.recently_created(&tenant.namespaces, task_id) {
+        let waited = state.wait_for_task(&namespace, task_id, Duration::from_secs(5), |_| true).await;
+        if let Some(task) = waited {
+            return Ok(task);
+        }
+    }
+    Err(ApiError::TaskNotFound(format!("Task {task_id} not found")))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/run",
+    tag = "runkey",
+    summary = "Invoke a template",
+    description = "Starts a task. Answers 202 at once; with `Prefer: wait=N` (N ≤ 60) waits up to N seconds for the task to end and then answers 200 with the task as GET /v1/tasks/{task_id} shows it. An `Idempotency-Key` makes a retry within 24 h return the same task.",
+    request_body(content = wire::RunRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeats of a request with the same key and body within 24 h return the same task."),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (at most 60) for the task to end."),
+    ),
+    responses(
+        (status = 202, description = "Task queued", body = Envelope<RunAccepted>),
+        (status = 200, description = "Task ended within the `Prefer: wait` time", body = Envelope<TaskView>),
+        (status = 400, description = "40005 invalid input parameters", body = wire::ErrorBody),
+        (status = 401, description = "40001 invalid or missing API key", body = wire::ErrorBody),
+        (status = 403, description = "40002 insufficient credits", body = wire::ErrorBody),
+        (status = 404, description = "40004 template not found", body = wire::ErrorBody),
+        (status = 409, description = "40005 Idempotency-Key reused with a different body", body = wire::ErrorBody),
+        (status = 429, description = "40003 rate limit exceeded", body = wire::ErrorBody),
+        (status = 500, description = "50001 internal server error", body = wire::ErrorBody),
+        (status = 503, description = "50001 the gateway is starting", body = wire::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn run(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response> {
+    let request = submit::parse_run_request(&body)?;
+    let not_found = || ApiError::TemplateNotFound(format!("Template {} not found", request.template_id));
+    let namespace = tenant.namespaces.first().ok_or_else(not_found)?;
+    let template = wire::template_names(&request.template_id)
+        .iter()
+        .find_map(|name| state.caches.template(namespace, name))
+        .ok_or_else(not_found)?;
+    let body = serde_json::to_value(&request).expect("JSON serializes");
+    let submission = Submission {
+        template,
+        template_id: request.template_id,
+        input: request.input,
+        webhook_url: request.webhook_url,
+        operation: "POST /v1/run".into(),
+        body,
+    };
+    let idempotency_key = headers.get("idempotency-key").map(|v| v.to_str().unwrap_or("\u{0}"));
+    let task = submit::submit(&state, &tenant, submission, idempotency_key).await?;
+    let namespace = task.namespace().unwrap_or_default();
+    let name = task.name_any();
+
+    let mut current = Arc::new(task);
+    let mut applied = None;
+    if let Some(seconds) = prefer_wait(&headers) {
+        applied = Some(seconds);
+        if let Some(done) =
+            state.wait_for_task(&namespace, &name, Duration::from_secs(seconds), GpuTask::is_terminal).await
+        {
+            let mut response = json_response(StatusCode::OK, &Envelope::ok(view(&state, &tenant, &done)));
+            prefer_applied(&mut response, seconds);
+            return Ok(response);
+        }
+        if let Some(latest) = state.caches.task(std::slice::from_ref(&namespace), &name) {
+            current = latest;
+        }
+    }
+    let accepted = RunAccepted {
+        task_id: name,
+        status: TaskStatus::of(current.phase()),
+        created_at: current.metadata.creation_timestamp.as_ref().map(wire::timestamp).unwrap_or_default(),
+    };
+    let mut response = json_response(StatusCode::ACCEPTED, &Envelope::ok(accepted));
+    if let Some(seconds) = applied {
+        prefer_applied(&mut response, seconds);
+    }
+    Ok(response)
+}
+
+fn prefer_applied(response: &mut Response, seconds: u64) {
+    if let Ok(value) = HeaderValue::from_str(&format!("wait={seconds}")) {
+        response.headers_mut().insert("preference-applied", value);
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{task_id}",
+    tag = "runkey",
+    summary = "Get task status",
+    params(("task_id" = String, Path, description = "The task id returned by POST /v1/run")),
+    responses(
+        (status = 200, description = "The task", body = Envelope<TaskView>),
+        (status = 401, description = "40001 invalid or missing API key", body = wire::ErrorBody),
+        (status = 404, description = "40006 task not found", body = wire::ErrorBody),
+        (status = 429, description = "40003 rate limit exceeded", body = wire::ErrorBody),
+        (status = 503, description = "50001 the gateway is starting", body = wire::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_task(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(task_id): Path<String>,
+) -> Result<Response> {
+    let task = find_task(&state, &tenant, &task_id).await?;
+    Ok(json_response(StatusCode::OK, &Envelope::ok(view(&state, &tenant, &task))))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{task_id}/cancel",
+    tag = "runkey",
+    summary = "Cancel a task",
+    description = "Requests the task's cancelation and answers once the task has ended `canceled`, or after 3 s with the task as it is then (it ends `canceled` shortly after). Canceling a task that has ended changes nothing and answers the task as it is.",
+    params(("task_id" = String, Path, description = "The task id returned by POST /v1/run")),
+    responses(
+        (status = 200, description = "The task, with its cancelation requested", body = Envelope<TaskView>),
+        (status = 401, description = "40001 invalid or missing API key", body = wire::ErrorBody),
+        (status = 404, description = "40006 task not found", body = wire::ErrorBody),
+        (status = 429, description = "40003 rate limit exceeded", body = wire::ErrorBody),
+        (status = 500, description = "50001 internal server error", body = wire::ErrorBody),
+        (status = 503, description = "50001 the gateway is starting", body = wire::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel_task(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(task_id): Path<String>,
+) -> Result<Response> {
+    let task = find_task(&state, &tenant, &task_id).await?;
+    if task.is_terminal() || task.spec.cancel {
+        return Ok(json_response(StatusCode::OK, &Envelope::ok(view(&state, &tenant, &task))));
+    }
+    let api: Api<GpuTask> = Api::namespaced(state.client.clone(), &task.namespace().unwrap_or_default());
+    let params = PatchParams { field_manager: Some(managers::API.into()), ..Default::default() };
+    let patched = match api.patch(&task_id, &params, &Patch::Merge(json!({"spec": {"cancel": true}}))).await {
+        Ok(patched) => patched,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(ApiError::TaskNotFound(format!("Task {task_id} not found")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // The controller stops the task within moments; answering with the
+    // ended task spares the client a poll in the common case.
+    let namespace = patched.namespace().unwrap_or_default();
+    let task = match state.wait_for_task(&namespace, &task_id, CANCEL_WAIT, GpuTask::is_terminal).await {
+        Some(ended) => (*ended).clone(),
+        None => patched,
+    };
+    Ok(json_response(StatusCode::OK, &Envelope::ok(view(&state, &tenant, &task))))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{task_id}/webhook/redeliver",
+    tag = "runkey",
+    summary = "Send a task's webhook again",
+    description = "Asks the controller to deliver the finished task's webhook event once more, with the same `webhook-id`. Answers 202 with the task; its `webhook` shows the new delivery. A task that has not finished, or has no webhook destination, answers 400 (40005).",
+    params(("task_id" = String, Path, description = "The task id returned by POST /v1/run")),
+    responses(
+        (status = 202, description = "Redelivery requested", body = Envelope<TaskView>),
+        (status = 400, description = "40005 the task has no webhook to send", body = wire::ErrorBody),
+        (status = 401, description = "40001 invalid or missing API key", body = wire::ErrorBody),
+        (status = 404, description = "40006 task not found", body = wire::ErrorBody),
+        (status = 429, description = "40003 rate limit exceeded", body = wire::ErrorBody),
+        (status = 500, description = "50001 internal server error", body = wire::ErrorBody),
+        (status = 503, description = "50001 the gateway is starting", body = wire::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn redeliver_webhook(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(task_id): Path<String>,
+) -> Result<Response> {
+    let task = find_task(&state, &tenant, &task_id).await?;
+    let has_webhook = task.status.as_ref().is_some_and(|s| s.webhook.is_some());
+    if !task.is_terminal() || !has_webhook {
+        return Err(ApiError::InvalidInput(format!(
+            "task {task_id} has no webhook to send again (it must have finished with a webhook destination)"
+        )));
+    }
+    let api: Api<GpuTask> = Api::namespaced(state.client.clone(), &task.namespace().unwrap_or_default());
+    let params = PatchParams { field_manager: Some(managers::API.into()), ..Default::default() };
+    let request = jiff::Timestamp::now().as_nanosecond().to_string();
+    let patch = json!({"metadata": {"annotations": {crate::resources::labels::REDELIVER: request}}});
+    let patched = match api.patch(&task_id, &params, &Patch::Merge(patch)).await {
+        Ok(patched) => patched,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(ApiError::TaskNotFound(format!("Task {task_id} not found")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(json_response(StatusCode::ACCEPTED, &Envelope::ok(view(&state, &tenant, &patched))))
+}
+
+/// Query of `GET /v1/tasks`.
+#[derive(Deserialize, IntoParams, Debug, Default)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only tasks in this status.
+    #[param(value_type = Option<TaskStatus>)]
+    pub status: Option<String>,
+    /// Only tasks of this template.
+    pub template_id: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "runkey",
+    summary = "List tasks",
+    description = "The account's tasks, newest first, filtered and paginated.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks", body = Envelope<TaskList>),
+        (status = 400, description = "40005 invalid parameters", body = wire::ErrorBody),
+        (status = 401, description = "40001 invalid or missing API key", body = wire::ErrorBody),
+        (status = 429, description = "40003 rate limit exceeded", body = wire::ErrorBody),
+        (status = 503, description = "50001 the gateway is starting", body = wire::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            ApiError::InvalidInput(format!("status: {s:?} is not one of queued, running, completed, failed, canceled"))
+        })?),
+    };
+    let limit = match query.limit.as_deref() {
+        None => 20,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| ApiError::InvalidInput(format!("limit: {s:?} is not a number from 1 to 100")))?,
+    };
+    let cursor = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(Cursor::decode(s).ok_or_else(|| ApiError::InvalidInput("cursor: invalid".into()))?),
+    };
+    let all = state.caches.tasks_in(&tenant.namespaces);
+    let template = query.template_id.as_deref().filter(|t| !t.is_empty());
+    let matching: Vec<&GpuTask> = all
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|t| status.is_none_or(|s| TaskStatus::of(t.phase()) == s))
+        .filter(|t| template.is_none_or(|id| wire::template_id(t) == id || t.spec.template_ref.name == id))
+        .collect();
+    let (page, next) = wire::page(matching, cursor.as_ref(), limit);
+    let positions = wire::queue_positions(all.iter().map(Arc::as_ref));
+    let tasks = page
+        .into_iter()
+        .map(|t| {
+            let key = (t.metadata.namespace.clone().unwrap_or_default(), t.metadata.name.clone().unwrap_or_default());
+            wire::task_view(t, positions.get(&key).copied())
+        })
+        .collect();
+    let list = TaskList { tasks, next_cursor: next.map(|c| c.encode()) };
+    Ok(json_response(StatusCode::OK, &Envelope::ok(list)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/account",
+    tag = "runkey",
+    summary = "Get account",
+    description = "The account of the API key: email, balance, plan, limits and task counts.",
+    responses(
+        (status = 200, description = "The account", body = Envelope<AccountView>),
+        (status = 401, description = "40001 invalid or missing API key", body = wire::ErrorBody),
+        (status = 429, description = "40003 rate limit exceeded", body = wire::ErrorBody),
+        (status = 503, description = "50001 the gateway is starting", body = wire::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn account(State(state): State<AppState>, Extension(tenant): Extension<Tenant>) -> Result<Response> {
+    let tasks = state.caches.tasks_in(&tenant.namespaces);
+    let count =
+        |phase: TaskPhase| tasks.iter().filter(|t| t.phase().unwrap_or(TaskPhase::Queued) == phase).count() as u32;
+    let spec = &tenant.account.spec;
+    let limits = spec.effective_limits();
+    let view = AccountView {
+        email: spec.email.clone(),
+        balance: tenant.account.balance(),
+        plan: spec.plan.as_str().to_string(),
+        limits: AccountLimits {
+            concurrent_tasks: limits.concurrent_tasks,
+            requests_per_minute: limits.requests_per_minute,
+            gpus: limits.gpus,
+        },
+        running: count(TaskPhase::Running),
+        queued: count(TaskPhase::Queued),
+    };
+    Ok(json_response(StatusCode::OK, &Envelope::ok(view)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefer(values: &[&str]) -> Option<u64> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("prefer", HeaderValue::from_str(v).unwrap());
+        }
+        prefer_wait(&headers)
+    }
+
+    #[test]
+    fn prefer_wait_is_parsed_and_capped() {
+        assert_eq!(prefer(&[]), None);
+        assert_eq!(prefer(&["wait=10"]), Some(10));
+        assert_eq!(prefer(&["respond-async, wait=5"]), Some(5));
+        assert_eq!(prefer(&["return=minimal", "Wait = 7"]), Some(7));
+        assert_eq!(prefer(&["wait=600"]), Some(60));
+        assert_eq!(prefer(&["wait=soon"]), None);
+    }
+}
