@@ -38,3 +38,6 @@ kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" wait --for=condition=Established
 
 log "end-to-end tests"
 cargo test --test e2e
+
+log "the Helm chart, deploy/, its RBAC and Prometheus (e2e/install.sh)"
+bash e2e/install.sh
