@@ -198,6 +198,18 @@ impl Release {
         path
     }
 
+    /// `helm upgrade` with the same values.
+    fn upgrade(&self) {
+        let (ok, out) = run(Command::new(&self.helm)
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["upgrade", &self.name])
+            .arg(repo().join("charts/runplane"))
+            .args(["--namespace", &self.namespace, "--reuse-values"])
+            .args(["--wait", "--timeout", "90s"]));
+        assert!(ok, "helm upgrade: {out}");
+    }
+
     /// `helm uninstall` removes every object it made (the pods go with their
     /// ReplicaSets, by garbage collection); then the namespace goes.
     async fn uninstall(mut self) {
@@ -667,6 +679,13 @@ async fn helm_install_creates_every_object_and_its_service_account_runs_a_task_l
     let controller_kubeconfig = release.kubeconfig_for(&release.controller_sa());
     assert_forbidden_outside_rbac(&release, &controller_kubeconfig);
     let callback_key = release.callback_key_file();
+    let key = std::fs::read(&callback_key).unwrap();
+    release.upgrade();
+    assert_eq!(
+        std::fs::read(release.callback_key_file()).unwrap(),
+        key,
+        "an upgrade keeps the callback key"
+    );
 
     let tenant = Tenant::new("install-life", "pro", 10_000).await;
     tenant
