@@ -52,3 +52,6 @@ if [ ! -x "$ST_VENV/bin/schemathesis" ]; then
 fi
 log "schemathesis against the gateway's /openapi.json"
 SCHEMATHESIS="$ST_VENV/bin/schemathesis" RUNPLANE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/runplane" bash e2e/schemathesis.sh
+
+log "the Helm chart, deploy/, its RBAC and Prometheus (e2e/install.sh)"
+bash e2e/install.sh

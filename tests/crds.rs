@@ -10,6 +10,15 @@ fn committed_crds_match_the_types() {
 }
 
 #[test]
+fn the_charts_crds_are_the_committed_ones() {
+    let read = |path: &str| std::fs::read(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    assert!(
+        read("charts/runplane/crds/runplane.yaml") == read("crds/runplane.yaml"),
+        "charts/runplane/crds/runplane.yaml is stale: run `make crds`"
+    );
+}
+
+#[test]
 fn every_field_is_described() {
     for crd in runplane::resources::crds() {
         let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();

@@ -91,6 +91,7 @@ pub struct Controller {
     child: Option<Child>,
     pub metrics_port: u16,
     args: Vec<String>,
+    kubeconfig: PathBuf,
     pub log: PathBuf,
 }
 
@@ -105,6 +106,12 @@ impl Controller {
     /// Starts a controller with exactly the test timings and `extra` (no
     /// leader-election default), e.g. for replicas that elect a leader.
     pub async fn start_raw(extra: &[&str]) -> Self {
+        Self::start_as(&kubeconfig(), extra).await
+    }
+
+    /// Like [`Controller::start_raw`], authenticated by another kubeconfig
+    /// (e.g. a ServiceAccount token, to test its RBAC).
+    pub async fn start_as(kubeconfig: &Path, extra: &[&str]) -> Self {
         let metrics_port = free_port();
         let mut args: Vec<String> = vec![
             "controller".into(),
@@ -115,7 +122,7 @@ impl Controller {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::env::temp_dir().join(format!("runplane-e2e-controller-{metrics_port}.log"));
-        let mut controller = Self { child: None, metrics_port, args, log };
+        let mut controller = Self { child: None, metrics_port, args, kubeconfig: kubeconfig.to_path_buf(), log };
         controller.spawn().await;
         controller
     }
@@ -125,7 +132,7 @@ impl Controller {
         let child = Command::new(env!("CARGO_BIN_EXE_runplane"))
             .args(&self.args)
             .arg("--kubeconfig")
-            .arg(kubeconfig())
+            .arg(&self.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -332,9 +339,23 @@ impl Tenant {
 
 /// Removes what failed tests left behind (their tasks, namespaces, accounts).
 pub async fn sweep() {
+    sweep_prefix("").await
+}
+
+/// Like [`sweep`], only for tenants made with a prefix starting with
+/// `prefix`, so that a suite leaves other suites' tenants alone.
+pub async fn sweep_prefix(prefix: &str) {
     let client = client().await;
     let lp = ListParams::default().labels("runplane.dev/e2e=true");
-    for ns in Api::<Namespace>::all(client.clone()).list(&lp).await.unwrap().items {
+    let ours = |name: &str| name.starts_with(&format!("e2e-{prefix}"));
+    for ns in Api::<Namespace>::all(client.clone())
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|ns| ours(&ns.name_any()))
+    {
         let tasks: Api<GpuTask> = Api::namespaced(client.clone(), &ns.name_any());
         let _ = tasks.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
         // Pods left with runplane's finalizer and no controller to release them.
@@ -350,7 +371,16 @@ pub async fn sweep() {
         }
         let _ = Api::<Namespace>::all(client.clone()).delete(&ns.name_any(), &DeleteParams::default()).await;
     }
-    let _ = Api::<GpuAccount>::all(client).delete_collection(&DeleteParams::default(), &lp).await;
+    let accounts = Api::<GpuAccount>::all(client);
+    if prefix.is_empty() {
+        let _ = accounts.delete_collection(&DeleteParams::default(), &lp).await;
+        return;
+    }
+    for account in accounts.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+        if ours(&account.name_any()) {
+            let _ = accounts.delete(&account.name_any(), &DeleteParams::default()).await;
+        }
+    }
 }
 
 pub fn merge(base: &mut Value, extra: Value) {

@@ -1,0 +1,758 @@
+//! End-to-end: the Helm chart on the real local control plane.
+//!
+//! `helm install` creates every object (kwok fakes the pods, so the
+//! Deployments even become ready); then the controller runs outside the
+//! cluster authenticated as the chart's own ServiceAccount, which proves the
+//! chart's RBAC is enough for a whole task lifecycle and for leader election,
+//! and that it stops there. A real Prometheus scrapes the controller.
+//!
+//! Run with `make test`, or `bash e2e/install.sh` with the cluster up.
+
+// `serial()` holds the cluster for a whole test, across its awaits, on
+// purpose: each test has its own runtime, so the guard cannot deadlock one.
+#![allow(clippy::await_holding_lock)]
+
+mod support;
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::ListParams;
+use runplane::resources::{GpuAccount, TaskPhase};
+use serde_json::{Value, json};
+use support::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// Label on everything these tests create in the cluster, to sweep leftovers.
+const LABEL: &str = "runplane.dev/e2e-install";
+/// The chart's default Lease name (controller.leaderElection.leaseName).
+const LEASE: &str = "runplane-controller";
+
+/// The helm binary: $HELM (e2e/install.sh sets it), else built by e2e/tools/build.sh.
+fn helm_bin() -> PathBuf {
+    if let Some(helm) = std::env::var_os("HELM") {
+        return PathBuf::from(helm);
+    }
+    let out = Command::new("bash")
+        .arg(repo().join("e2e/tools/build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("e2e/tools/build.sh runs");
+    assert!(out.status.success(), "e2e/tools/build.sh failed");
+    let dir = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(dir.lines().last().expect("a bin directory")).join("helm")
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("the command starts");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// kubectl with another kubeconfig (a ServiceAccount's).
+fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    run(Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args))
+}
+
+/// A release of the chart in a fresh namespace; [`Release::uninstall`] checks
+/// that uninstalling leaves nothing, dropping cleans up in any case.
+struct Release {
+    name: String,
+    namespace: String,
+    helm: PathBuf,
+    dir: PathBuf,
+    done: bool,
+}
+
+impl Release {
+    async fn install() -> Self {
+        sweep_installs();
+        let id = rand_u32() & 0xffffff;
+        let name = format!("rp-{id:06x}");
+        let namespace = format!("e2e-install-{id:06x}");
+        let dir = std::env::temp_dir().join(format!("runplane-e2e-{namespace}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The namespace enforces the restricted Pod Security Standard: the
+        // chart's pods must meet it, or the ReplicaSets cannot create them.
+        let (ok, out) = kubectl(
+            &["create", "-f", "-"],
+            Some(
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {
+                    LABEL: "true",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                }}})
+                .to_string(),
+            ),
+        );
+        assert!(ok, "creating the release namespace: {out}");
+        // kwok runs the chart's pods like any other: keep them running (by
+        // default a fake container exits after a second).
+        let values = dir.join("values.yaml");
+        std::fs::write(
+            &values,
+            format!(
+                "commonLabels:\n  {LABEL}: \"true\"\n\
+                 controller:\n  podAnnotations:\n    e2e.runplane.dev/duration: forever\n\
+                 api:\n  podAnnotations:\n    e2e.runplane.dev/duration: forever\n"
+            ),
+        )
+        .unwrap();
+        let helm = helm_bin();
+        let (ok, out) = run(Command::new(&helm)
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["install", &name])
+            .arg(repo().join("charts/runplane"))
+            .args(["--namespace", &namespace, "--wait", "--timeout", "90s"])
+            .arg("--values")
+            .arg(&values));
+        assert!(ok, "helm install: {out}");
+        Self { name, namespace, helm, dir, done: false }
+    }
+
+    fn fullname(&self) -> String {
+        format!("{}-runplane", self.name)
+    }
+
+    fn controller_sa(&self) -> String {
+        format!("{}-controller", self.fullname())
+    }
+
+    fn api_sa(&self) -> String {
+        format!("{}-api", self.fullname())
+    }
+
+    /// A kubeconfig that authenticates as one of the release's ServiceAccounts:
+    /// a token from the TokenRequest API, the admin kubeconfig's server and CA.
+    fn kubeconfig_for(&self, service_account: &str) -> PathBuf {
+        let (ok, token) = kubectl(&["create", "token", service_account, "-n", &self.namespace, "--duration=1h"], None);
+        assert!(ok, "kubectl create token: {token}");
+        let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+        let cluster = &admin["clusters"][0]["cluster"];
+        let server = cluster["server"].as_str().expect("server");
+        let ca = cluster["certificate-authority-data"].as_str().expect("the admin kubeconfig embeds the CA");
+        let config = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority-data": ca}}],
+            "users": [{"name": service_account, "user": {"token": token.trim()}}],
+            "contexts": [{"name": service_account, "context": {"cluster": "e2e", "user": service_account}}],
+            "current-context": service_account,
+        });
+        let path = self.dir.join(format!("{service_account}.kubeconfig"));
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        path
+    }
+
+    /// The progress callback key of the release's Secret, as a file (what
+    /// the pods get mounted).
+    fn callback_key_file(&self) -> PathBuf {
+        let (ok, key) = kubectl(
+            &[
+                "get",
+                "secret",
+                &format!("{}-callback", self.fullname()),
+                "-n",
+                &self.namespace,
+                "-o",
+                "go-template={{.data.key | base64decode}}",
+            ],
+            None,
+        );
+        assert!(ok && key.len() >= 32, "the callback key: {key}");
+        let path = self.dir.join("callback-key");
+        std::fs::write(&path, key).unwrap();
+        path
+    }
+
+    /// `helm upgrade` with the same values.
+    fn upgrade(&self) {
+        let (ok, out) = run(Command::new(&self.helm)
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["upgrade", &self.name])
+            .arg(repo().join("charts/runplane"))
+            .args(["--namespace", &self.namespace, "--reuse-values"])
+            .args(["--wait", "--timeout", "90s"]));
+        assert!(ok, "helm upgrade: {out}");
+    }
+
+    /// `helm uninstall` removes every object it made (the pods go with their
+    /// ReplicaSets, by garbage collection); then the namespace goes.
+    async fn uninstall(mut self) {
+        let (ok, out) = self.helm_uninstall();
+        assert!(ok, "helm uninstall: {out}");
+        let selector = format!("app.kubernetes.io/instance={}", self.name);
+        let kinds = "all,clusterrole,clusterrolebinding,role,rolebinding,serviceaccount,secret,pdb";
+        wait_for("nothing of the release to be left", MINUTE, || {
+            let selector = selector.clone();
+            async move {
+                let (ok, out) = kubectl(&["get", kinds, "--all-namespaces", "-l", &selector, "-o", "name"], None);
+                (ok && out.trim().is_empty()).then_some(())
+            }
+        })
+        .await;
+        self.done = true;
+    }
+
+    fn helm_uninstall(&self) -> (bool, String) {
+        run(Command::new(&self.helm)
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["uninstall", &self.name, "--namespace", &self.namespace])
+            .args(["--wait", "--timeout", "60s"]))
+    }
+}
+
+impl Drop for Release {
+    /// Also after a failed assertion: the release, its namespace and the
+    /// files with its tokens and key go.
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.helm_uninstall();
+        }
+        let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"], None);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes releases that failed runs of this suite left behind.
+fn sweep_installs() {
+    let selector = format!("{LABEL}=true");
+    let _ = kubectl(&["delete", "clusterrole,clusterrolebinding,namespace", "-l", &selector, "--wait=false"], None);
+}
+
+/// Every object of the chart's default install exists, the Deployments
+/// became available, and `helm install` left nothing out.
+fn assert_installed(release: &Release) {
+    let full = release.fullname();
+    let ns = release.namespace.as_str();
+    let controller = format!("{full}-controller");
+    let api = format!("{full}-api");
+    let objects = [
+        ("deployment", controller.as_str(), true),
+        ("deployment", api.as_str(), true),
+        ("service", controller.as_str(), true),
+        ("service", api.as_str(), true),
+        ("serviceaccount", controller.as_str(), true),
+        ("serviceaccount", api.as_str(), true),
+        ("poddisruptionbudget", controller.as_str(), true),
+        ("poddisruptionbudget", api.as_str(), true),
+        ("role", controller.as_str(), true),
+        ("rolebinding", controller.as_str(), true),
+        ("role", api.as_str(), true),
+        ("rolebinding", api.as_str(), true),
+        ("secret", &format!("{full}-callback"), true),
+        ("clusterrole", controller.as_str(), false),
+        ("clusterrolebinding", controller.as_str(), false),
+        ("clusterrole", api.as_str(), false),
+        ("clusterrolebinding", api.as_str(), false),
+        ("crd", "gputasks.runplane.dev", false),
+        ("crd", "gputemplates.runplane.dev", false),
+        ("crd", "gpuaccounts.runplane.dev", false),
+    ];
+    for (kind, name, namespaced) in objects {
+        let mut args = vec!["get", kind, name, "-o", "name"];
+        if namespaced {
+            args.extend(["-n", ns]);
+        }
+        let (ok, out) = kubectl(&args, None);
+        assert!(ok, "{kind} {name} was not created: {out}");
+    }
+    // Off by default: no NetworkPolicy, no ServiceMonitor.
+    let (ok, out) = kubectl(&["get", "networkpolicy", "-n", ns, "-o", "name"], None);
+    assert!(ok && out.trim().is_empty(), "{out}");
+    let (ok, out) =
+        kubectl(&["get", "deployment", &controller, "-n", ns, "-o", "jsonpath={.status.availableReplicas}"], None);
+    assert!(ok && out.trim() == "2", "two controller replicas: {out}");
+}
+
+/// Calls the chart does not grant are refused.
+fn assert_forbidden_outside_rbac(release: &Release, controller_kubeconfig: &Path) {
+    let refused = |args: &[&str]| {
+        let (ok, out) = kubectl_as(controller_kubeconfig, args);
+        assert!(
+            !ok && out.to_lowercase().contains("forbidden"),
+            "the controller's ServiceAccount may `kubectl {}`: {out}",
+            args.join(" ")
+        );
+    };
+    refused(&["get", "secrets", "--all-namespaces"]);
+    // Dry run: were it allowed, nothing would be deleted.
+    refused(&["delete", "node", "gpu-node-0", "--dry-run=server"]);
+    refused(&["get", "leases", "-n", "kube-system"]);
+    refused(&["get", "lease", "some-other-lease", "-n", &release.namespace]);
+    refused(&["create", "configmap", "x", "-n", &release.namespace, "--dry-run=server"]);
+    // Allowed, for contrast: the same identity reads what the controller watches.
+    let (ok, out) = kubectl_as(controller_kubeconfig, &["get", "nodes", "-o", "name"]);
+    assert!(ok && out.contains("gpu-node-0"), "{out}");
+
+    // The gateway cannot run here yet; its RBAC is what the chart says.
+    let api = format!("system:serviceaccount:{}:{}", release.namespace, release.api_sa());
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i", "--as", &api];
+        all.extend_from_slice(args);
+        // Exit status 0 means yes (the output may carry warnings).
+        kubectl(&all, None).0
+    };
+    let ns = release.namespace.as_str();
+    assert!(can(&["create", "gputasks.runplane.dev", "-n", "tenant-a"]));
+    assert!(can(&["patch", "gputasks.runplane.dev", "--subresource=status", "-n", "tenant-a"]));
+    assert!(can(&["list", "gpuaccounts.runplane.dev"]));
+    assert!(can(&["watch", "secrets", "-n", ns]));
+    assert!(!can(&["get", "secrets", "-n", "tenant-a"]));
+    assert!(!can(&["delete", "gputasks.runplane.dev", "-n", "tenant-a"]));
+    assert!(!can(&["create", "pods", "-n", "tenant-a"]));
+    assert!(!can(&["update", "gpuaccounts.runplane.dev", "--subresource=status"]));
+}
+
+/// Creates a task before any controller of this test runs and checks that
+/// nobody acts on it: another controller on the cluster would make what
+/// follows prove nothing.
+async fn assert_no_other_controller(tenant: &Tenant) {
+    tenant.task("probe", "work", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let probe = tenant.get("probe").await;
+    assert!(
+        probe.status.is_none(),
+        "another runplane controller acts on this cluster (it wrote {:?}); stop it and run again",
+        probe.status
+    );
+}
+
+/// A Prometheus on 127.0.0.1 that scrapes the given targets every second,
+/// killed when dropped (and by `timeout` if this process dies first).
+struct Prometheus {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    async fn start(jobs: &[(&str, u16)]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("runplane-e2e-prometheus-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n");
+        for (job, target) in jobs {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ));
+        }
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("timeout")
+            .args(["--signal=KILL", "600", "prometheus"])
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts (e2e/tools/prometheus.sh installs it)");
+        let prometheus = Self { child: Some(child), port, dir };
+        let ready = format!("http://127.0.0.1:{port}/-/ready");
+        wait_for("Prometheus to be ready", Duration::from_secs(30), || {
+            let ready = ready.clone();
+            async move { http_get(&ready).await.filter(|(c, _)| *c == 200).map(|_| ()) }
+        })
+        .await;
+        prometheus
+    }
+
+    /// An instant query; Prometheus' whole answer (status, data or error).
+    async fn query_raw(&self, promql: &str) -> Value {
+        let url = format!("http://127.0.0.1:{}/api/v1/query?query={}", self.port, percent_encode(promql));
+        match http10_get(&url).await {
+            Some(body) => serde_json::from_str(&body).unwrap_or(Value::String(body)),
+            None => Value::Null,
+        }
+    }
+
+    /// An instant query; the `data.result` vector.
+    async fn query(&self, promql: &str) -> Vec<Value> {
+        let body = self.query_raw(promql).await;
+        body["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `promql` returns a sample whose value satisfies `ok`.
+    async fn wait_value(&self, promql: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let ok = &ok;
+        wait_for(&format!("Prometheus: {promql}"), MINUTE, || async move {
+            self.query(promql).await.iter().find_map(|sample| {
+                let value: f64 = sample["value"][1].as_str()?.parse().ok()?;
+                ok(value).then_some(value)
+            })
+        })
+        .await
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM, which `timeout` passes on to Prometheus (a SIGKILL
+            // would end `timeout` alone and orphan Prometheus).
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// GET over HTTP/1.0, so that the answer is never chunked (Prometheus'
+/// larger answers would be, to an HTTP/1.1 client); the body, whatever the status.
+async fn http10_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `promtool check metrics`: the exposition parses and follows the naming
+/// conventions (units, _total counters, help texts).
+fn promtool_check(what: &str, exposition: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts (e2e/tools/prometheus.sh installs it)");
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics on the {what}'s /metrics:\n{report}"
+    );
+}
+
+/// Every query of the Grafana dashboard (deploy/grafana/runplane.json) is
+/// valid PromQL, and those over the controller's metrics return data.
+async fn check_dashboard(prometheus: &Prometheus, controller_metrics: &str) {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/runplane.json")).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() > 20, "{exprs:?}");
+    for expr in exprs {
+        let promql = expr.replace("$namespace", ".*").replace("$__rate_interval", "1m");
+        let response = prometheus.query_raw(&promql).await;
+        assert_eq!(response["status"], "success", "dashboard query {expr}: {response}");
+        // Metric names in the query that the controller exports (the others
+        // are the gateway's, or the webhook deliverer's, not in every build).
+        let names: Vec<&str> = promql
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("runplane_"))
+            .collect();
+        let exported = |name: &str| {
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            controller_metrics.contains(&format!("# TYPE {family} "))
+        };
+        if names.iter().all(|n| exported(n)) {
+            let result = &response["data"]["result"];
+            assert!(
+                result.as_array().is_some_and(|r| !r.is_empty()),
+                "dashboard query {expr} returns nothing: {response}"
+            );
+        }
+    }
+}
+
+/// True when this build has the gateway (`runplane api`).
+fn gateway_built() -> bool {
+    Command::new(env!("CARGO_BIN_EXE_runplane"))
+        .args(["api", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `runplane api` as a child process, killed when dropped.
+struct Gateway {
+    child: Child,
+    port: u16,
+}
+
+impl Gateway {
+    /// Starts the gateway the way the chart does, with the given identity.
+    async fn start(kubeconfig: &Path, namespace: &str, callback_key: &Path) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("runplane-e2e-api-{port}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_runplane"))
+            .arg("api")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--namespace={namespace}"))
+            .arg(format!("--callback-key-file={}", callback_key.display()))
+            .arg("--log-format=json")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("runplane api starts");
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        wait_for("the gateway to be ready", Duration::from_secs(30), || {
+            let ready = ready.clone();
+            async move { http_get(&ready).await.filter(|(c, _)| *c == 200).map(|_| ()) }
+        })
+        .await;
+        Self { child, port }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn helm_install_creates_every_object_and_its_service_account_runs_a_task_lifecycle() {
+    let _cluster = serial();
+    sweep_prefix("install-").await;
+    let release = Release::install().await;
+    assert_installed(&release);
+
+    let controller_kubeconfig = release.kubeconfig_for(&release.controller_sa());
+    assert_forbidden_outside_rbac(&release, &controller_kubeconfig);
+    let callback_key = release.callback_key_file();
+    let key = std::fs::read(&callback_key).unwrap();
+    release.upgrade();
+    assert_eq!(std::fs::read(release.callback_key_file()).unwrap(), key, "an upgrade keeps the callback key");
+
+    let tenant = Tenant::new("install-life", "pro", 10_000).await;
+    tenant.template("work", "1s", json!({"price": {"perRun": 7}})).await;
+    tenant.template("long", "forever", json!({"price": {"perRun": 7}})).await;
+    assert_no_other_controller(&tenant).await;
+
+    // The controller as the chart runs it, out of the cluster: the chart's
+    // ServiceAccount, its Lease in the release namespace, JSON logs.
+    let lease_namespace = format!("--lease-namespace={}", release.namespace);
+    let key_flag = format!("--callback-key-file={}", callback_key.display());
+    let controller = Controller::start_as(
+        &controller_kubeconfig,
+        &[
+            "--leader-election=true",
+            &lease_namespace,
+            "--lease-duration=4",
+            "--identity=e2e-install",
+            "--finished-ttl=4s",
+            "--log-format=json",
+            &key_flag,
+        ],
+    )
+    .await;
+
+    // The gateway, when this build has it, as the chart's other ServiceAccount.
+    let gateway = if gateway_built() {
+        let api_kubeconfig = release.kubeconfig_for(&release.api_sa());
+        Some(Gateway::start(&api_kubeconfig, &release.namespace, &callback_key).await)
+    } else {
+        None
+    };
+
+    let mut jobs = vec![("runplane-controller", controller.metrics_port)];
+    if let Some(gateway) = &gateway {
+        jobs.push(("runplane-api", gateway.port));
+    }
+    let prometheus = Prometheus::start(&jobs).await;
+
+    wait_for("the controller to lead", MINUTE, || async { controller.is_leader().await.then_some(()) }).await;
+
+    // A task runs to completion: pods created, status written, events
+    // recorded, the account charged.
+    let done = tenant.wait_phase("probe", TaskPhase::Completed, MINUTE).await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.output.as_ref().unwrap()["result_url"], "https://cdn.example.com/work.png");
+    assert_eq!(status.credits_used, Some(7));
+
+    // One more, surely seen Completed by Prometheus, which scrapes by now.
+    prometheus.wait_value(r#"up{job="runplane-controller"}"#, |v| v == 1.0).await;
+    tenant.task("scraped", "work", json!({})).await;
+    tenant.wait_phase("scraped", TaskPhase::Completed, MINUTE).await;
+
+    // A canceled task: its pod is released (finalizer patched) and deleted.
+    tenant.task("stop", "long", json!({})).await;
+    tenant.wait_phase("stop", TaskPhase::Running, MINUTE).await;
+    tenant.cancel("stop").await;
+    tenant.wait_phase("stop", TaskPhase::Canceled, MINUTE).await;
+    wait_for("the canceled task's pod to go", MINUTE, || async { tenant.live_pods().await.is_empty().then_some(()) })
+        .await;
+
+    let accounts: Api<GpuAccount> = Api::all(tenant.client.clone());
+    wait_for("the account's status to show the three charges", MINUTE, || {
+        let accounts = accounts.clone();
+        let name = tenant.name.clone();
+        async move {
+            let account = accounts.get(&name).await.ok()?;
+            let status = account.status?;
+            (status.credits_used == 21 && status.balance == 10_000 - 21).then_some(())
+        }
+    })
+    .await;
+
+    let events: Api<Event> = Api::namespaced(tenant.client.clone(), &tenant.name);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("probe"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "Admitted") && reasons.iter().any(|r| r == "Completed"),
+        "events of the task: {reasons:?}"
+    );
+
+    // Finished tasks are deleted after the TTL.
+    wait_for("finished tasks to be deleted after their TTL", MINUTE, || async {
+        let left = tenant.tasks().list(&ListParams::default()).await.ok()?;
+        left.items.is_empty().then_some(())
+    })
+    .await;
+
+    let log = std::fs::read_to_string(&controller.log).unwrap();
+    assert!(!log.to_lowercase().contains("forbidden"), "the controller was refused something:\n{log}");
+
+    // Metrics: valid exposition, scraped by a real Prometheus.
+    promtool_check("controller", &controller.metrics().await);
+    prometheus
+        .wait_value(r#"max_over_time(runplane_tasks{job="runplane-controller",phase="Completed"}[5m])"#, |v| v >= 1.0)
+        .await;
+    prometheus.wait_value("runplane_admissions_total", |v| v >= 3.0).await;
+    let phases = prometheus.query("runplane_tasks").await;
+    assert!(phases.len() >= 5, "runplane_tasks by phase through Prometheus: {phases:?}");
+    check_dashboard(&prometheus, &controller.metrics().await).await;
+
+    // --- the gateway (`runplane api`), once it is built -------------------
+    // Its /metrics must pass promtool, and its request counter must reach
+    // Prometheus. A request without an API key is answered (401) and counted.
+    if let Some(gateway) = &gateway {
+        let base = format!("http://127.0.0.1:{}", gateway.port);
+        let answered = http_get(&format!("{base}/v1/account")).await;
+        assert!(answered.is_some(), "the gateway answers");
+        let (code, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
+        assert_eq!(code, 200);
+        promtool_check("gateway", &metrics);
+        prometheus.wait_value(r#"sum(runplane_api_requests_total{job="runplane-api"})"#, |v| v >= 1.0).await;
+    }
+    // -----------------------------------------------------------------------
+
+    tenant.cleanup().await;
+    drop(gateway);
+    drop(controller);
+    drop(prometheus);
+    release.uninstall().await;
+}
+
+#[tokio::test]
+async fn two_replicas_with_the_chart_service_account_fail_over_within_the_lease() {
+    let _cluster = serial();
+    sweep_prefix("install-").await;
+    let release = Release::install().await;
+    let kubeconfig = release.kubeconfig_for(&release.controller_sa());
+
+    let tenant = Tenant::with_spec(
+        "install-ha",
+        json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 2, "requestsPerMinute": 60}}),
+    )
+    .await;
+    tenant.template("work", "2s", json!({})).await;
+    assert_no_other_controller(&tenant).await;
+    for i in 0..5 {
+        tenant.task(&format!("t{i}"), "work", json!({})).await;
+    }
+
+    let lease_namespace = format!("--lease-namespace={}", release.namespace);
+    let flags = ["--leader-election=true", lease_namespace.as_str(), "--lease-duration=4"];
+    let first = Controller::start_as(&kubeconfig, &[&flags[..], &["--identity=replica-a"]].concat()).await;
+    let second = Controller::start_as(&kubeconfig, &[&flags[..], &["--identity=replica-b"]].concat()).await;
+    let (leader, standby) = wait_for("one replica to lead", MINUTE, || async {
+        match (first.is_leader().await, second.is_leader().await) {
+            (true, false) => Some((0, 1)),
+            (false, true) => Some((1, 0)),
+            _ => None,
+        }
+    })
+    .await;
+    let identities = ["replica-a", "replica-b"];
+    let leases: Api<Lease> = Api::namespaced(tenant.client.clone(), &release.namespace);
+    let holder = leases.get(LEASE).await.unwrap().spec.unwrap().holder_identity;
+    assert_eq!(holder.as_deref(), Some(identities[leader]));
+
+    let mut replicas = [first, second];
+    tenant.wait_phase("t0", TaskPhase::Running, MINUTE).await;
+    assert!(!replicas[standby].is_leader().await);
+    let standby_metrics = replicas[standby].metrics().await;
+    assert!(standby_metrics.contains("runplane_admissions_total 0"), "the standby admitted nothing: {standby_metrics}");
+
+    replicas[leader].kill9();
+    let killed = std::time::Instant::now();
+    wait_for("the standby to take the lease", Duration::from_secs(20), || async {
+        replicas[standby].is_leader().await.then_some(())
+    })
+    .await;
+    // The lease lasts 4 s from its last renewal, so the standby takes over
+    // within 4 s of the kill (measured: 4.0 s), plus the time to notice; a
+    // loaded machine gets twice that.
+    eprintln!("failover took {:?}", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(8), "failover took {:?}", killed.elapsed());
+
+    let most = Cell::new(0);
+    let tasks = wait_for("every task to finish after the failover", 2 * MINUTE, || {
+        let (tenant, most) = (&tenant, &most);
+        async move {
+            most.set(most.get().max(tenant.live_pods().await.len()));
+            let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
+            tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
+        }
+    })
+    .await;
+    assert!(most.get() <= 2, "{} pods at once with a limit of 2", most.get());
+    assert_eq!(tasks.len(), 6);
+    for task in &tasks {
+        assert_eq!(task.phase(), Some(TaskPhase::Completed), "{task:?}");
+        assert_eq!(task.status.as_ref().unwrap().attempts, Some(1), "{task:?}");
+    }
+    let log = std::fs::read_to_string(&replicas[standby].log).unwrap();
+    assert!(!log.to_lowercase().contains("forbidden"), "the new leader was refused something:\n{log}");
+
+    tenant.cleanup().await;
+    drop(replicas);
+    release.uninstall().await;
+}
