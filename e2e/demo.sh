@@ -47,7 +47,13 @@ up() {
     log "building runplane"
     (cd "$ROOT" && cargo build --quiet)
     log "starting the local control plane"
-    bash "$ROOT/e2e/cluster/up.sh" >/dev/null
+    # A control plane that fails to come up (seen once: etcd stopping right after
+    # its first health check) is started again once, from clean state.
+    if ! bash "$ROOT/e2e/cluster/up.sh" >/dev/null; then
+        log "the control plane did not start; retrying once from clean state"
+        bash "$ROOT/e2e/cluster/down.sh" --purge >/dev/null 2>&1 || true
+        bash "$ROOT/e2e/cluster/up.sh" >/dev/null
+    fi
     export KUBECONFIG="$KUBECONFIG_PATH"
     log "installing the CRDs"
     kubectl apply --server-side --force-conflicts -f "$ROOT/crds/runplane.yaml" >/dev/null

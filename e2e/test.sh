@@ -31,7 +31,13 @@ cleanup() {
 trap cleanup EXIT
 
 log "starting the local control plane (built on first use; see e2e/cluster/README.md)"
-bash e2e/cluster/up.sh >/dev/null
+# A control plane that fails to come up (seen once: etcd stopping right after
+# its first health check) is started again once, from clean state.
+if ! bash e2e/cluster/up.sh >/dev/null; then
+    log "the control plane did not start; retrying once from clean state"
+    bash e2e/cluster/down.sh --purge >/dev/null 2>&1 || true
+    bash e2e/cluster/up.sh >/dev/null
+fi
 export RUNPLANE_E2E_KUBECONFIG="$ROOT/e2e/.cluster/kubeconfig"
 kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
 kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" wait --for=condition=Established crd --all --timeout=60s >/dev/null

@@ -273,7 +273,7 @@ EOF
     --initial-cluster="runplane-e2e=http://$HOST:$ETCD_PEER_PORT" \
     --initial-cluster-state=new \
     --quota-backend-bytes=8589934592 \
-    --log-level=warn
+    --log-level=info
   wait_until "etcd health" etcd curl -sf --max-time 2 "http://$HOST:$ETCD_PORT/health"
 
   start kube-apiserver "$BIN/kube-apiserver" \

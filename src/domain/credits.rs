@@ -104,4 +104,70 @@ mod tests {
         apply_charges(&mut status, &charges, 4);
         assert_eq!(status.recent_charges, vec!["t6", "t7", "t8", "t9"]);
     }
+
+    mod exactly_once {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// One reconcile of a finished task: charge, then write the task's
+        /// terminal status; the controller may die after either step (or
+        /// before both) and a later reconcile repeats what was not recorded.
+        #[derive(Clone, Debug)]
+        enum Step {
+            Reconcile { task: usize, crash_after_charge: bool },
+            /// Other accounts' charges pushing this one's UIDs out of the window.
+            Churn(usize),
+        }
+
+        fn step(tasks: usize) -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (0..tasks, any::<bool>()).prop_map(|(task, crash_after_charge)| Step::Reconcile { task, crash_after_charge }),
+                // At most ~400 other charges in a whole run: within the 512-UID window.
+                1 => (0usize..3).prop_map(Step::Churn),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_task_is_charged_exactly_once(
+                credits in prop::collection::vec(1i64..100, 1..12),
+                steps in prop::collection::vec(step(12), 1..200),
+            ) {
+                let n = credits.len();
+                let mut account = GpuAccountStatus::default();
+                let mut recorded = vec![false; n]; // the task's terminal status was written
+                for step in steps {
+                    match step {
+                        Step::Reconcile { task, crash_after_charge } => {
+                            let task = task % n;
+                            if recorded[task] {
+                                continue; // a finished, recorded task is never charged again
+                            }
+                            apply_charges(&mut account, &[(format!("uid-{task}"), credits[task])], 512);
+                            if !crash_after_charge {
+                                recorded[task] = true;
+                            }
+                        }
+                        // Unrelated charges between a crash and the retry (fewer than the window).
+                        Step::Churn(k) => {
+                            let others: Vec<_> = (0..k).map(|i| (format!("other-{}-{i}", account.recent_charges.len()), 0)).collect();
+                            apply_charges(&mut account, &others, 512);
+                        }
+                    }
+                }
+                // Finish everything that is left, as the next reconciles would.
+                for task in 0..n {
+                    if !recorded[task] {
+                        apply_charges(&mut account, &[(format!("uid-{task}"), credits[task])], 512);
+                    }
+                }
+                let charged_tasks: i64 = (0..n)
+                    .filter(|t| recorded[*t] || account.recent_charges.contains(&format!("uid-{t}")))
+                    .map(|t| credits[t])
+                    .sum();
+                prop_assert_eq!(account.credits_used, credits.iter().sum::<i64>());
+                prop_assert_eq!(charged_tasks, credits.iter().sum::<i64>());
+            }
+        }
+    }
 }
