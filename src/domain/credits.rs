@@ -114,7 +114,10 @@ mod tests {
         /// before both) and a later reconcile repeats what was not recorded.
         #[derive(Clone, Debug)]
         enum Step {
-            Reconcile { task: usize, crash_after_charge: bool },
+            Reconcile {
+                task: usize,
+                crash_after_charge: bool,
+            },
             /// Other accounts' charges pushing this one's UIDs out of the window.
             Churn(usize),
         }
