@@ -204,15 +204,7 @@ pub async fn cancel_task(
     if task.is_terminal() || task.spec.cancel {
         return Ok(json_response(StatusCode::OK, &Envelope::ok(view(&state, &tenant, &task))));
     }
-    let api: Api<GpuTask> = Api::namespaced(state.client.clone(), &task.namespace().unwrap_or_default());
-    let params = PatchParams { field_manager: Some(managers::API.into()), ..Default::default() };
-    let patched = match api.patch(&task_id, &params, &Patch::Merge(json!({"spec": {"cancel": true}}))).await {
-        Ok(patched) => patched,
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            return Err(ApiError::TaskNotFound(format!("Task {task_id} not found")));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let patched = patch_task(&state, &task, json!({"spec": {"cancel": true}})).await?;
     // The controller stops the task within moments; answering with the
     // ended task spares the client a poll in the common case.
     let namespace = patched.namespace().unwrap_or_default();
@@ -253,18 +245,22 @@ pub async fn redeliver_webhook(
             "task {task_id} has no webhook to send again (it must have finished with a webhook destination)"
         )));
     }
-    let api: Api<GpuTask> = Api::namespaced(state.client.clone(), &task.namespace().unwrap_or_default());
-    let params = PatchParams { field_manager: Some(managers::API.into()), ..Default::default() };
     let request = jiff::Timestamp::now().as_nanosecond().to_string();
     let patch = json!({"metadata": {"annotations": {crate::resources::labels::REDELIVER: request}}});
-    let patched = match api.patch(&task_id, &params, &Patch::Merge(patch)).await {
-        Ok(patched) => patched,
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            return Err(ApiError::TaskNotFound(format!("Task {task_id} not found")));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let patched = patch_task(&state, &task, patch).await?;
     Ok(json_response(StatusCode::ACCEPTED, &Envelope::ok(view(&state, &tenant, &patched))))
+}
+
+/// Merge-patches a task as the gateway; a task gone meanwhile is 40006.
+async fn patch_task(state: &AppState, task: &GpuTask, patch: serde_json::Value) -> Result<GpuTask> {
+    let name = task.name_any();
+    let api: Api<GpuTask> = Api::namespaced(state.client.clone(), &task.namespace().unwrap_or_default());
+    let params = PatchParams { field_manager: Some(managers::API.into()), ..Default::default() };
+    match api.patch(&name, &params, &Patch::Merge(patch)).await {
+        Ok(patched) => Ok(patched),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(ApiError::TaskNotFound(format!("Task {name} not found"))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Query of `GET /v1/tasks`.
