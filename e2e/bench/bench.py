@@ -6,7 +6,7 @@ Rates are measured side by side in one run on a noisy machine, so the figures
 to compare are the ratios and the counts, not the absolute rates.
 
 Talks to the apiserver with plain HTTPS (requests) and the admin client
-certificate of e2e/.cluster; the controller runs as a child process.
+certificate of the bench cluster (e2e/.cluster-bench); the controller runs as a child process.
 """
 import argparse
 import json
@@ -26,7 +26,7 @@ import urllib3
 urllib3.disable_warnings()
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-STATE = os.path.join(ROOT, "e2e", ".cluster")
+STATE = os.environ.get("RUNPLANE_E2E_STATE", os.path.join(ROOT, "e2e", ".cluster-bench"))
 PKI = os.path.join(STATE, "pki")
 PORT = int(os.environ.get("RUNPLANE_E2E_APISERVER_PORT", "26443"))
 BASE = f"https://127.0.0.1:{PORT}"

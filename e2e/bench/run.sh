@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
+export RUNPLANE_E2E_STATE=${RUNPLANE_E2E_STATE:-$PWD/e2e/.cluster-bench}
 export RUNPLANE_E2E_APISERVER_PORT=${RUNPLANE_E2E_APISERVER_PORT:-26443}
 export RUNPLANE_E2E_ETCD_PORT=${RUNPLANE_E2E_ETCD_PORT:-22379}
 export RUNPLANE_E2E_ETCD_PEER_PORT=${RUNPLANE_E2E_ETCD_PEER_PORT:-22380}
@@ -31,7 +32,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$(cd "$TARGET/release" && pwd)/runplane
 
 bash e2e/cluster/up.sh >/dev/null
-kubectl --kubeconfig e2e/.cluster/kubeconfig apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
+kubectl --kubeconfig "$RUNPLANE_E2E_STATE/kubeconfig" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
 
 OUT=${BENCH_OUT:-e2e/bench/results}
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags

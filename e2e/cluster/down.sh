@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Stops the control plane that up.sh started, by the PIDs recorded in
-# e2e/.cluster/pids/ (TERM, then KILL after a deadline), and removes the PID
-# files. With --purge it also removes all state in e2e/.cluster/ (etcd data,
+# $RUNPLANE_E2E_STATE/pids/ (default e2e/.cluster; TERM, then KILL after a deadline), and removes the PID
+# files. With --purge it also removes all state in that directory (etcd data,
 # certificates, kubeconfig, logs). Exits 0 when nothing is running.
 #
 # Env: RUNPLANE_E2E_STOP_TIMEOUT [10] seconds to wait before KILL.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-STATE="$(cd "$HERE/.." && pwd)/.cluster"
+STATE=${RUNPLANE_E2E_STATE:-"$(cd "$HERE/.." && pwd)/.cluster"}
 PIDS="$STATE/pids"
 TIMEOUT=${RUNPLANE_E2E_STOP_TIMEOUT:-10}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local Kubernetes control plane for the e2e tests: etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler and kwok, all on
-# 127.0.0.1, with state in e2e/.cluster/. Then makes sure the fake GPU nodes
+# 127.0.0.1, with state in e2e/.cluster/ (RUNPLANE_E2E_STATE). Then makes sure the fake GPU nodes
 # exist and are Ready. Reuses a healthy cluster that is already running.
 # Prints the admin kubeconfig path as the last line on stdout.
 #
@@ -14,13 +14,14 @@
 #   RUNPLANE_E2E_CONTROLLER_MANAGER_PORT [17257]
 #   RUNPLANE_E2E_SCHEDULER_PORT [17259]
 #   RUNPLANE_E2E_KWOK_PORT [17247]
+#   RUNPLANE_E2E_STATE [e2e/.cluster] state directory (pki, logs, pids, etcd)
 #   RUNPLANE_E2E_START_TIMEOUT [120]  seconds to wait for each step
 #   RUNPLANE_CACHE [$HOME/.cache/runplane] where build.sh keeps binaries
 #   KUBECTL [kubectl]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-STATE="$(cd "$HERE/.." && pwd)/.cluster"
+STATE=${RUNPLANE_E2E_STATE:-"$(cd "$HERE/.." && pwd)/.cluster"}
 
 APISERVER_PORT=${RUNPLANE_E2E_APISERVER_PORT:-16443}
 ETCD_PORT=${RUNPLANE_E2E_ETCD_PORT:-12379}
