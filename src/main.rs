@@ -208,6 +208,9 @@ struct ControllerArgs {
     /// Longest retry delay.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     retry_backoff_max: SignedDuration,
+    /// A pod that starts within this long goes from Queued to Running on its task with no write for the time it was pending.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pending_status_delay: SignedDuration,
     /// Delete finished tasks this long after they end; 0 keeps them.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     finished_ttl: SignedDuration,
@@ -311,6 +314,7 @@ async fn main() -> anyhow::Result<()> {
                     retry_backoff: args.retry_backoff,
                     retry_backoff_max: args.retry_backoff_max,
                     finished_ttl: (!args.finished_ttl.is_zero()).then_some(args.finished_ttl),
+                    pending_status_delay: args.pending_status_delay,
                 },
                 gpu_quota: parse_quota(&args.gpu_quota, &args.gpu_resource)?,
                 callback_key,

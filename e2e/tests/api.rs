@@ -5,6 +5,10 @@
 //!
 //! Run with `cargo test --test api` once `e2e/cluster/up.sh` is up.
 
+// Each test holds the cluster (a std mutex, see support::serial) for its
+// whole run, on its own runtime and thread: holding it across awaits is the point.
+#![allow(clippy::await_holding_lock)]
+
 mod support;
 
 use std::path::PathBuf;

@@ -3,6 +3,10 @@
 //! Run with `make test` (which starts the cluster) or
 //! `cargo test --test e2e` with the cluster up.
 
+// Each test holds the cluster (a std mutex, see support::serial) for its
+// whole run, on its own runtime and thread: holding it across awaits is the point.
+#![allow(clippy::await_holding_lock)]
+
 mod support;
 
 use std::cell::Cell;
@@ -41,7 +45,20 @@ async fn sample_from_deploy_examples_completes_with_output() {
     let (ok, out) = kubectl(&["get", "gt", "-n", "demo"], None);
     assert!(ok && out.contains("Completed") && out.contains("portrait-fix"), "{out}");
     let (ok, out) = kubectl(&["describe", "gt", "-n", "demo", "portrait-1"], None);
-    assert!(ok && out.contains("Admitted") && out.contains("Completed"), "events tell the story: {out}");
+    assert!(ok && out.contains("Admitted") && out.contains("Completed"), "the conditions tell the story: {out}");
+    // The finished pod stays for its logs, released: garbage collection
+    // removes it with the task.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
+    let pod =
+        wait_for("the finished pod to be released", MINUTE, || {
+            let pods = pods.clone();
+            async move {
+                pods.get("portrait-1").await.ok().filter(|p| !p.finalizers().iter().any(|f| f.contains("runplane")))
+            }
+        })
+        .await;
+    assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Succeeded"));
+    assert!(pod.metadata.deletion_timestamp.is_none());
     let metrics = controller.metrics().await;
     assert!(metrics.contains("runplane_tasks{phase=\"Completed\"}"), "{metrics}");
     assert!(metrics.contains("runplane_admissions_total"), "{metrics}");

@@ -592,8 +592,8 @@ async fn helm_install_creates_every_object_and_its_service_account_runs_a_task_l
 
     wait_for("the controller to lead", MINUTE, || async { controller.is_leader().await.then_some(()) }).await;
 
-    // A task runs to completion: pods created, status written, events
-    // recorded, the account charged.
+    // A task runs to completion: pods created, status written, the account
+    // charged.
     let done = tenant.wait_phase("probe", TaskPhase::Completed, MINUTE).await;
     let status = done.status.clone().unwrap();
     assert_eq!(status.output.as_ref().unwrap()["result_url"], "https://cdn.example.com/work.png");
@@ -631,13 +631,12 @@ async fn helm_install_creates_every_object_and_its_service_account_runs_a_task_l
         .unwrap()
         .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("probe"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("stop"))
         .filter_map(|e| e.reason)
         .collect();
-    assert!(
-        reasons.iter().any(|r| r == "Admitted") && reasons.iter().any(|r| r == "Completed"),
-        "events of the task: {reasons:?}"
-    );
+    assert!(reasons.iter().any(|r| r == "Canceled"), "events of the canceled task: {reasons:?}");
+    let finished = status.conditions.iter().find(|c| c.type_ == "Finished").map(|c| c.reason.as_str());
+    assert_eq!(finished, Some("Completed"), "{:?}", status.conditions);
 
     // Finished tasks are deleted after the TTL.
     wait_for("finished tasks to be deleted after their TTL", MINUTE, || async {

@@ -1,6 +1,10 @@
 //! End-to-end: signed, durable webhooks, delivered by the controller to a
 //! real HTTP receiver that checks the signatures with Python's hmac.
 
+// Each test holds the cluster (a std mutex, see support::serial) for its
+// whole run, on its own runtime and thread: holding it across awaits is the point.
+#![allow(clippy::await_holding_lock)]
+
 mod support;
 
 use std::time::Duration;

@@ -133,12 +133,12 @@ impl Admitter {
             if status.pod_name.is_some() {
                 continue;
             }
-            if let Some(account) = &account {
-                *queued.entry(account.clone()).or_default() += 1;
-            }
             let attempts = status.attempts.unwrap_or(0);
             if live.contains(&(namespace.clone(), pod_name(&task.name_any(), attempts))) {
                 continue;
+            }
+            if let Some(account) = &account {
+                *queued.entry(account.clone()).or_default() += 1;
             }
             if status.retry_at.as_ref().is_some_and(|t| t.0 > now) {
                 continue;
@@ -261,18 +261,18 @@ impl Admitter {
                     let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
                     match write_status(&api, &task, &next).await {
                         Ok(_) => {
-                            let (reason, note, warning) = match &blocked {
-                                Blocked::Waiting(r, m) => (r.as_str(), format!("queued: {m}"), false),
-                                Blocked::Invalid(_, m) => ("InvalidInput", m.clone(), true),
-                            };
-                            let event = Event {
-                                type_: if warning { EventType::Warning } else { EventType::Normal },
-                                reason: if warning { "Failed".into() } else { "Queued".into() },
-                                note: Some(format!("{reason}: {note}")),
-                                action: "Admit".into(),
-                                secondary: None,
-                            };
-                            let _ = ctx.recorder.publish(&event, &task.object_ref(&())).await;
+                            // Why a task waits is on its status; only a
+                            // rejection is worth an event as well.
+                            if let Blocked::Invalid(_, message) = &blocked {
+                                let event = Event {
+                                    type_: EventType::Warning,
+                                    reason: "Failed".into(),
+                                    note: Some(format!("InvalidInput: {message}")),
+                                    action: "Admit".into(),
+                                    secondary: None,
+                                };
+                                let _ = ctx.recorder.publish(&event, &task.object_ref(&())).await;
+                            }
                             next.wait_reason.map(|r| (key, task.resource_version(), r))
                         }
                         Err(error) => {

@@ -45,6 +45,26 @@ fn trim<K: Resource>(obj: &mut K) {
     }
 }
 
+/// Keeps what the controller decides from. A finished pod that runplane has
+/// released (it stays until its task goes) keeps only its identity and phase.
+fn trim_pod(pod: &mut Pod) {
+    trim(pod);
+    let finished = crate::domain::lifecycle::pod_is_terminal(pod);
+    if finished && !crate::domain::lifecycle::holds_finalizer(pod) {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        pod.spec = None;
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus { phase, ..Default::default() });
+        pod.metadata.annotations = None;
+        return;
+    }
+    // The input can be large and is on the task already.
+    if let Some(spec) = pod.spec.as_mut() {
+        for c in &mut spec.containers {
+            c.env = None;
+        }
+    }
+}
+
 /// Starts the reflectors. Every change pokes `changed`, which wakes admission.
 pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Triggers, Vec<tokio::task::JoinHandle<()>>) {
     let mut handles = Vec::new();
@@ -63,15 +83,7 @@ pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Triggers, Vec<tok
     let stream =
         watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(labels::TASK).any_semantic())
             .default_backoff()
-            .modify(|pod: &mut Pod| {
-                trim(pod);
-                // The input can be large and is on the task already.
-                if let Some(spec) = pod.spec.as_mut() {
-                    for c in &mut spec.containers {
-                        c.env = None;
-                    }
-                }
-            })
+            .modify(trim_pod)
             .reflect(writer);
     handles.push(drive("pods", stream, changed.clone(), Some((pod_tx, active.clone()))));
 

@@ -27,6 +27,10 @@ pub struct LifecycleConfig {
     pub retry_backoff_max: SignedDuration,
     /// Finished tasks are deleted this long after they end; None keeps them.
     pub finished_ttl: Option<SignedDuration>,
+    /// A pod that starts within this long after it was created goes straight
+    /// from Queued to Running on the task, without a status write (and an
+    /// event) for the short time it was pending. Slower starts are recorded.
+    pub pending_status_delay: SignedDuration,
 }
 
 impl Default for LifecycleConfig {
@@ -37,6 +41,7 @@ impl Default for LifecycleConfig {
             retry_backoff: SignedDuration::from_secs(10),
             retry_backoff_max: SignedDuration::from_mins(5),
             finished_ttl: Some(SignedDuration::from_hours(24)),
+            pending_status_delay: SignedDuration::from_secs(2),
         }
     }
 }
@@ -197,13 +202,6 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             next.message = None;
             next.retry_at = None;
             set_condition(&mut next, conditions::ADMITTED, true, "PodCreated", "the task's pod was created", view.now);
-            if current.phase != Some(TaskPhase::Running) {
-                out.event = Some(TaskEvent {
-                    reason: "Started",
-                    note: format!("pod {} is running", pod.metadata.name.as_deref().unwrap_or_default()),
-                    warning: false,
-                });
-            }
             out.requeue_after = Some(hard_stop.duration_since(view.now));
             out.status = changed(&current, next);
             out
@@ -217,6 +215,15 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             {
                 out.delete_pod = true;
                 return fail(view, out, &current, next, pod, failure, view.now, config);
+            }
+            // Most pods start within moments: recording that they are
+            // pending would cost a write (and an event) per task and say
+            // nothing that the Running status does not. Look again later.
+            let recorded = current.pod_name.is_some() && current.wait_reason == Some(WaitReason::PodStarting);
+            let record_from = admitted + config.pending_status_delay;
+            if !recorded && start_failure(pod).is_none() && view.now < record_from {
+                out.requeue_after = Some(record_from.duration_since(view.now).max(SignedDuration::from_millis(100)));
+                return out;
             }
             next.phase = Some(TaskPhase::Queued);
             next.wait_reason = Some(WaitReason::PodStarting);
@@ -274,7 +281,11 @@ fn plan_finished(view: TaskView<'_>, current: &GpuTaskStatus, config: &Lifecycle
         if has_finalizer(pod) {
             out.release_pod = true;
         }
-        if pod.metadata.deletion_timestamp.is_none() {
+        // A finished pod stays (its logs can be read) until garbage
+        // collection removes it with its task; one still running is stopped.
+        // Tasks kept forever do not keep their pods forever.
+        let keep = pod_is_terminal(pod) && config.finished_ttl.is_some();
+        if pod.metadata.deletion_timestamp.is_none() && !keep {
             out.delete_pod = true;
         }
     }
@@ -331,10 +342,11 @@ fn finish(
     next.message = Some(how.message.clone());
     set_condition(&mut next, conditions::FINISHED, true, how.reason, &how.message, ended);
     out.charge = (credits > 0).then_some(credits);
-    out.event = Some(TaskEvent { reason: how.reason, note: how.message, warning: how.warning });
-    if pod.metadata.deletion_timestamp.is_none() {
-        out.delete_pod = true;
+    // Success is on the status; events are kept for what needs a look.
+    if how.reason != "Completed" {
+        out.event = Some(TaskEvent { reason: how.reason, note: how.message, warning: how.warning });
     }
+    out.delete_pod = pod.metadata.deletion_timestamp.is_none() && !pod_is_terminal(pod);
     out.release_pod = has_finalizer(pod);
     out.status = changed(current, next);
     out
@@ -559,6 +571,11 @@ pub fn orphan_charge(pod: &Pod, now: Timestamp) -> i64 {
     credits::charge(&frozen_price(pod), pod_started(pod), ended)
 }
 
+/// True once the pod's containers have ended for good.
+pub fn pod_is_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
 /// True while runplane's finalizer holds the pod.
 pub fn holds_finalizer(pod: &Pod) -> bool {
     has_finalizer(pod)
@@ -644,11 +661,39 @@ mod tests {
     }
 
     #[test]
-    fn pending_pod_is_recorded_as_admitted_once() {
+    fn a_pod_that_starts_quickly_costs_no_pending_write() {
+        // pod_for creates the pod at 1; the default delay is 2 s.
         let t = task("t").build();
         let pod = pod_for(&t, 0).build();
         let p = run(&t, Some(&pod), 2);
-        let status = p.status.clone().expect("first sight of the pod is written");
+        assert_eq!(p.status, None);
+        assert_eq!(p.event, None);
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(1)), "looks again when the delay is over");
+        // Running straight from Queued: one write, with the admission facts, no event.
+        let running = pod_for(&t, 0).running(2).build();
+        let p = run(&t, Some(&running), 2);
+        let status = p.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Running));
+        assert_eq!((status.pod_name.as_deref(), status.attempts), (Some("t"), Some(1)));
+        assert_eq!(status.admitted_at, Some(Time(ts(1))));
+        assert_eq!(p.event, None);
+    }
+
+    #[test]
+    fn a_pod_failing_to_start_is_recorded_at_once() {
+        let t = task("t").build();
+        let pod = pod_for(&t, 0).waiting("ErrImagePull").build();
+        let status = run(&t, Some(&pod), 2).status.expect("a start problem is shown at once");
+        assert_eq!(status.wait_reason, Some(WaitReason::PodStarting));
+        assert!(status.message.unwrap().contains("ErrImagePull"));
+    }
+
+    #[test]
+    fn pending_pod_is_recorded_as_admitted_once() {
+        let t = task("t").build();
+        let pod = pod_for(&t, 0).build();
+        let p = run(&t, Some(&pod), 3);
+        let status = p.status.clone().expect("a pod pending past the delay is written");
         assert_eq!(status.phase, Some(TaskPhase::Queued));
         assert_eq!(status.wait_reason, Some(WaitReason::PodStarting));
         assert_eq!(status.pod_name.as_deref(), Some("t"));
@@ -658,7 +703,8 @@ mod tests {
         // Nothing changes on the next look: no write.
         let mut t2 = t.clone();
         t2.status = Some(status);
-        assert_eq!(run(&t2, Some(&pod), 3).status, None);
+        let again = run(&t2, Some(&pod), 4);
+        assert_eq!((again.status, again.event), (None, None));
     }
 
     #[test]
@@ -688,7 +734,10 @@ mod tests {
         assert_eq!(status.credits_used, Some(20));
         assert_eq!(p.charge, Some(20));
         assert_eq!(status.completed_at, Some(Time(ts(15))));
-        assert!(p.release_pod && p.delete_pod);
+        // The finished pod is released, not deleted: garbage collection
+        // removes it with the task. No event: the status says it all.
+        assert!(p.release_pod && !p.delete_pod);
+        assert_eq!(p.event, None);
         assert_eq!(status.conditions.iter().find(|c| c.type_ == "Finished").unwrap().reason, "Completed");
     }
 
@@ -726,6 +775,7 @@ mod tests {
         assert_eq!(status.phase, Some(TaskPhase::Failed));
         assert_eq!(status.error_code, Some(codes::INTERNAL));
         assert_eq!(status.error_message.as_deref(), Some("exit code 3: CUDA out of memory"));
+        assert!(p.event.as_ref().is_some_and(|e| e.warning && e.reason == "Failed"), "failures are events");
         assert_eq!(p.charge, Some(10 + 4), "a run that started is charged");
     }
 
@@ -829,7 +879,7 @@ mod tests {
             .build();
         let pod = pod_for(&t, 0).succeeded(2, 10, "").build();
         let p = run(&t, Some(&pod), 11);
-        assert!(p.release_pod && p.delete_pod && !p.delete_task);
+        assert!(p.release_pod && !p.delete_pod && !p.delete_task, "the finished pod goes with its task");
         assert_eq!(p.status, None);
         assert_eq!(p.requeue_after, Some(SignedDuration::from_hours(24) - SignedDuration::from_secs(1)));
         assert!(run(&t, None, 10 + 24 * 3600).delete_task);
@@ -838,6 +888,14 @@ mod tests {
             &LifecycleConfig::default(),
         );
         assert!(!pending.delete_task, "the TTL waits for the webhook to settle");
+
+        // Kept forever, the task does not keep its pod forever.
+        let keep = LifecycleConfig { finished_ttl: None, ..LifecycleConfig::default() };
+        let view = TaskView { task: &t, max_retries: None, pod: Some(&pod), now: ts(11), webhook_pending: false };
+        assert!(plan(view, &keep).delete_pod);
+        // A pod still running under a finished task is stopped.
+        let running = pod_for(&t, 0).running(2).build();
+        assert!(run(&t, Some(&running), 11).delete_pod);
     }
 
     #[test]
