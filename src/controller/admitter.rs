@@ -293,9 +293,7 @@ impl Admitter {
             self.written.clear();
         }
 
-        let live_tasks: HashMap<String, Arc<GpuTask>> =
-            caches.tasks.state().into_iter().filter_map(|t| Some((t.metadata.uid.clone()?, t))).collect();
-        super::tasks::reap_orphans(&ctx, &live_tasks).await;
+        super::tasks::reap_orphans(&ctx).await;
 
         // Usage for account status and metrics.
         let mut counts = BTreeMap::new();

@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -161,7 +162,7 @@ fn observe_transition(ctx: &Context, task: &GpuTask, status: &GpuTaskStatus) {
 /// Pods whose task was deleted: charge what they ran (once, by the task's
 /// UID), then let them go. Garbage collection marks them deleting when the
 /// task goes; runplane's finalizer holds them until they are accounted.
-pub async fn reap_orphans(ctx: &Context, live_tasks: &std::collections::HashMap<String, Arc<GpuTask>>) {
+pub async fn reap_orphans(ctx: &Context) {
     for pod in ctx.caches.pods.state() {
         if !lifecycle::holds_finalizer(&pod) {
             continue;
@@ -169,13 +170,15 @@ pub async fn reap_orphans(ctx: &Context, live_tasks: &std::collections::HashMap<
         let Some(owner) = pod.owner_references().iter().find(|o| o.kind == "GpuTask").cloned() else {
             continue;
         };
-        if let Some(task) = live_tasks.get(&owner.uid) {
+        let namespace = pod.namespace().unwrap_or_default();
+        let live = ctx.caches.tasks.get(&ObjectRef::new(&owner.name).within(&namespace));
+        if let Some(task) = live.filter(|t| t.metadata.uid.as_deref() == Some(owner.uid.as_str())) {
             // A pod of an earlier attempt that a retry could not let go.
-            let current = ctx.caches.current_pod(task).is_some_and(|c| c.name_any() == pod.name_any());
+            let current = ctx.caches.current_pod(&task).is_some_and(|c| c.name_any() == pod.name_any());
             let attempt: i32 = pod.labels().get(labels::ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0);
             let attempts = task.status.as_ref().and_then(|s| s.attempts).unwrap_or(0);
             if !current && attempt < attempts && !task.is_terminal() {
-                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
                 if release(&pods, &pod).await.is_ok() && pod.metadata.deletion_timestamp.is_none() {
                     let _ = pods.delete(&pod.name_any(), &DeleteParams::background()).await;
                 }
@@ -185,7 +188,6 @@ pub async fn reap_orphans(ctx: &Context, live_tasks: &std::collections::HashMap<
         if pod.metadata.deletion_timestamp.is_none() {
             continue;
         }
-        let namespace = pod.namespace().unwrap_or_default();
         let tasks: Api<GpuTask> = Api::namespaced(ctx.client.clone(), &namespace);
         // The cache may lag: only a task that is really gone makes an orphan.
         match tasks.get_opt(&owner.name).await {
