@@ -8,7 +8,7 @@
 //! no limit can be exceeded by forgetting what an earlier process did.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -47,7 +47,16 @@ pub struct Admitter {
     ctx: Arc<Context>,
     /// Pods created and not yet seen in the cache, by (namespace, name).
     inflight: HashMap<(String, String), Inflight>,
-    /// Queued statuses written and not yet seen in the cache: (resourceVersion written against, reason).
+    /// Queued statuses being written, or written and not yet seen in the
+    /// cache, shared with the writes that run beside the passes.
+    writes: Arc<Mutex<QueuedWrites>>,
+}
+
+#[derive(Default)]
+struct QueuedWrites {
+    /// Being written now: not to be written again until that ends.
+    pending: HashSet<TaskKey>,
+    /// Written: (resourceVersion written against, reason).
     written: HashMap<TaskKey, (Option<String>, WaitReason)>,
 }
 
@@ -59,7 +68,7 @@ enum Blocked {
 
 impl Admitter {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx, inflight: HashMap::new(), written: HashMap::new() }
+        Self { ctx, inflight: HashMap::new(), writes: Arc::default() }
     }
 
     pub async fn run(mut self, changed: Arc<Notify>) {
@@ -248,49 +257,27 @@ impl Admitter {
         }
         writes.extend(blocked);
         let mut status_writes = Vec::new();
-        for (task, blocked, account) in writes {
-            if let Some(next) = self.queued_status(&task, &blocked, account, now) {
-                status_writes.push((task, next, blocked));
+        {
+            let mut shared = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+            for (task, blocked, account) in writes {
+                let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
+                if shared.pending.contains(&key) {
+                    continue;
+                }
+                if let Some(next) = queued_status(&shared.written, &task, &blocked, account, now) {
+                    shared.pending.insert(key);
+                    status_writes.push((task, next, blocked));
+                }
+            }
+            if shared.written.len() > 100_000 {
+                shared.written.clear();
             }
         }
-        let results: Vec<(TaskKey, Option<String>, WaitReason)> = futures::stream::iter(status_writes)
-            .map(|(task, next, blocked)| {
-                let ctx = ctx.clone();
-                async move {
-                    let api: Api<GpuTask> = Api::namespaced(ctx.client.clone(), &task.namespace().unwrap_or_default());
-                    let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
-                    match write_status(&api, &task, &next).await {
-                        Ok(_) => {
-                            // Why a task waits is on its status; only a
-                            // rejection is worth an event as well.
-                            if let Blocked::Invalid(_, message) = &blocked {
-                                let event = Event {
-                                    type_: EventType::Warning,
-                                    reason: "Failed".into(),
-                                    note: Some(format!("InvalidInput: {message}")),
-                                    action: "Admit".into(),
-                                    secondary: None,
-                                };
-                                let _ = ctx.recorder.publish(&event, &task.object_ref(&())).await;
-                            }
-                            next.wait_reason.map(|r| (key, task.resource_version(), r))
-                        }
-                        Err(error) => {
-                            tracing::debug!(%key, %error, "writing a queued status failed; retrying on the next pass");
-                            None
-                        }
-                    }
-                }
-            })
-            .buffer_unordered(PARALLEL_WRITES)
-            .filter_map(|r| async move { r })
-            .collect()
-            .await;
-        for (key, rv, reason) in results {
-            self.written.insert(key, (rv, reason));
-        }
-        if self.written.len() > 100_000 {
-            self.written.clear();
+        // The writes run beside the next passes: a deep queue arriving at
+        // once (thousands of first Queued statuses) must not hold up the
+        // admission of pods for the GPUs that free up meanwhile.
+        if !status_writes.is_empty() {
+            tokio::spawn(write_queued(ctx.clone(), self.writes.clone(), status_writes));
         }
 
         super::tasks::reap_orphans(&ctx).await;
@@ -314,52 +301,6 @@ impl Admitter {
             let used = cluster.in_use.get(resource).copied().unwrap_or(0);
             ctx.metrics.gpus_in_use.with_label_values(&[resource.as_str()]).set(used);
         }
-    }
-
-    /// The Queued (or, for invalid input, Failed) status to write, if it
-    /// would say something new. Flips between capacity reasons are not
-    /// written: they follow every start and finish, and would cost a write
-    /// per queued task.
-    fn queued_status(
-        &self,
-        task: &GpuTask,
-        blocked: &Blocked,
-        account: Option<String>,
-        now: Timestamp,
-    ) -> Option<GpuTaskStatus> {
-        let current = task.status.clone().unwrap_or_default();
-        let mut next = current.clone();
-        next.observed_generation = task.metadata.generation;
-        next.account = account;
-        match blocked {
-            Blocked::Invalid(code, message) => {
-                next.phase = Some(TaskPhase::Failed);
-                next.wait_reason = None;
-                next.error_code = Some(*code);
-                next.error_message = Some(message.clone());
-                next.message = Some(message.clone());
-                next.completed_at = Some(Time(now));
-                next.credits_used = Some(0);
-                set_condition(&mut next, conditions::FINISHED, true, "InvalidInput", message, now);
-            }
-            Blocked::Waiting(reason, message) => {
-                let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
-                if self.written.get(&key).is_some_and(|(rv, r)| rv == &task.resource_version() && r == reason) {
-                    return None; // our write has not reached the cache yet
-                }
-                if current.phase == Some(TaskPhase::Queued)
-                    && current.wait_reason.is_some_and(|r| r.is_capacity())
-                    && reason.is_capacity()
-                {
-                    return None;
-                }
-                next.phase = Some(TaskPhase::Queued);
-                next.wait_reason = Some(*reason);
-                next.message = Some(message.clone());
-                set_condition(&mut next, conditions::ADMITTED, false, reason.as_str(), message, now);
-            }
-        }
-        (next != current).then_some(next)
     }
 
     /// GPU quota by resource: the flag's, else the allocatable GPUs of Ready, schedulable nodes.
@@ -389,6 +330,95 @@ impl Admitter {
         }
         quota
     }
+}
+
+/// The Queued (or, for invalid input, Failed) status to write, if it
+/// would say something new. Flips between capacity reasons are not
+/// written: they follow every start and finish, and would cost a write
+/// per queued task.
+fn queued_status(
+    written: &HashMap<TaskKey, (Option<String>, WaitReason)>,
+    task: &GpuTask,
+    blocked: &Blocked,
+    account: Option<String>,
+    now: Timestamp,
+) -> Option<GpuTaskStatus> {
+    let current = task.status.clone().unwrap_or_default();
+    let mut next = current.clone();
+    next.observed_generation = task.metadata.generation;
+    next.account = account;
+    match blocked {
+        Blocked::Invalid(code, message) => {
+            next.phase = Some(TaskPhase::Failed);
+            next.wait_reason = None;
+            next.error_code = Some(*code);
+            next.error_message = Some(message.clone());
+            next.message = Some(message.clone());
+            next.completed_at = Some(Time(now));
+            next.credits_used = Some(0);
+            set_condition(&mut next, conditions::FINISHED, true, "InvalidInput", message, now);
+        }
+        Blocked::Waiting(reason, message) => {
+            let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
+            if written.get(&key).is_some_and(|(rv, r)| rv == &task.resource_version() && r == reason) {
+                return None; // our write has not reached the cache yet
+            }
+            if current.phase == Some(TaskPhase::Queued)
+                && current.wait_reason.is_some_and(|r| r.is_capacity())
+                && reason.is_capacity()
+            {
+                return None;
+            }
+            next.phase = Some(TaskPhase::Queued);
+            next.wait_reason = Some(*reason);
+            next.message = Some(message.clone());
+            set_condition(&mut next, conditions::ADMITTED, false, reason.as_str(), message, now);
+        }
+    }
+    (next != current).then_some(next)
+}
+
+/// Writes queued statuses, a few at a time, and records which were written.
+async fn write_queued(
+    ctx: Arc<Context>,
+    shared: Arc<Mutex<QueuedWrites>>,
+    writes: Vec<(Arc<GpuTask>, GpuTaskStatus, Blocked)>,
+) {
+    futures::stream::iter(writes)
+        .for_each_concurrent(PARALLEL_WRITES, |(task, next, blocked)| {
+            let (ctx, shared) = (ctx.clone(), shared.clone());
+            async move {
+                let api: Api<GpuTask> = Api::namespaced(ctx.client.clone(), &task.namespace().unwrap_or_default());
+                let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
+                let written = match write_status(&api, &task, &next).await {
+                    Ok(_) => {
+                        // Why a task waits is on its status; only a
+                        // rejection is worth an event as well.
+                        if let Blocked::Invalid(_, message) = &blocked {
+                            let event = Event {
+                                type_: EventType::Warning,
+                                reason: "Failed".into(),
+                                note: Some(format!("InvalidInput: {message}")),
+                                action: "Admit".into(),
+                                secondary: None,
+                            };
+                            let _ = ctx.recorder.publish(&event, &task.object_ref(&())).await;
+                        }
+                        next.wait_reason.map(|r| (task.resource_version(), r))
+                    }
+                    Err(error) => {
+                        tracing::debug!(%key, %error, "writing a queued status failed; retrying on the next pass");
+                        None
+                    }
+                };
+                let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                shared.pending.remove(&key);
+                if let Some(written) = written {
+                    shared.written.insert(key, written);
+                }
+            }
+        })
+        .await;
 }
 
 fn wait_message(reason: WaitReason) -> String {
