@@ -50,6 +50,9 @@ pub struct Admitter {
     /// Queued statuses being written, or written and not yet seen in the
     /// cache, shared with the writes that run beside the passes.
     writes: Arc<Mutex<QueuedWrites>>,
+    /// Queued tasks whose input matched their template's schema: task UID →
+    /// the template's resourceVersion it was checked against.
+    valid_input: HashMap<String, Option<String>>,
 }
 
 #[derive(Default)]
@@ -68,7 +71,7 @@ enum Blocked {
 
 impl Admitter {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx, inflight: HashMap::new(), writes: Arc::default() }
+        Self { ctx, inflight: HashMap::new(), writes: Arc::default(), valid_input: HashMap::new() }
     }
 
     pub async fn run(mut self, changed: Arc<Notify>) {
@@ -125,6 +128,7 @@ impl Admitter {
         // The queue: tasks without a pod that may start now.
         let owners = caches.accounts_by_namespace();
         let mut schemas: HashMap<(String, String), Result<InputSchema, String>> = HashMap::new();
+        let mut valid_input = HashMap::new();
         let mut candidates = Vec::new();
         let mut blocked: Vec<(Arc<GpuTask>, Blocked, Option<String>)> = Vec::new();
         let mut by_key: HashMap<TaskKey, (Arc<GpuTask>, String)> = HashMap::new();
@@ -171,17 +175,24 @@ impl Admitter {
                 blocked.push((task, Blocked::Waiting(WaitReason::TemplateNotFound, why), Some(account)));
                 continue;
             };
-            let schema = schemas
-                .entry((namespace.clone(), template_name.clone()))
-                .or_insert_with(|| InputSchema::compile(template.spec.input_schema.as_ref()));
-            let checked = match schema {
-                Ok(schema) => schema.check(&task.spec.input),
-                Err(e) => Err(e.clone()),
-            };
-            if let Err(why) = checked {
-                blocked.push((task, Blocked::Invalid(codes::INVALID_INPUT, why), Some(account)));
-                continue;
+            // The input is immutable: check it once per template version,
+            // not on every pass over a deep queue.
+            let uid = task.metadata.uid.clone().unwrap_or_default();
+            let template_version = template.resource_version();
+            if self.valid_input.get(&uid) != Some(&template_version) {
+                let schema = schemas
+                    .entry((namespace.clone(), template_name.clone()))
+                    .or_insert_with(|| InputSchema::compile(template.spec.input_schema.as_ref()));
+                let checked = match schema {
+                    Ok(schema) => schema.check(&task.spec.input),
+                    Err(e) => Err(e.clone()),
+                };
+                if let Err(why) = checked {
+                    blocked.push((task, Blocked::Invalid(codes::INVALID_INPUT, why), Some(account)));
+                    continue;
+                }
             }
+            valid_input.insert(uid, template_version);
             let key = TaskKey::new(namespace, task.name_any());
             candidates.push(Candidate {
                 key: key.clone(),
@@ -195,6 +206,7 @@ impl Admitter {
             by_key.insert(key, (task, account));
         }
 
+        self.valid_input = valid_input;
         let decision = admission::admit(candidates, &usage, &cluster);
 
         // Start the admitted tasks.
