@@ -209,7 +209,7 @@ struct ControllerArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     retry_backoff_max: SignedDuration,
     /// A pod that starts within this long goes from Queued to Running on its task with no write for the time it was pending.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pending_status_delay: SignedDuration,
     /// Delete finished tasks this long after they end; 0 keeps them.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]

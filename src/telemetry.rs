@@ -39,6 +39,7 @@ pub struct ControllerMetrics {
     pub reconciles: IntCounter,
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
+    pub admission_pass: Histogram,
     pub charges: IntCounter,
     pub credits_charged: IntCounter,
     pub is_leader: IntGauge,
@@ -84,6 +85,14 @@ impl ControllerMetrics {
             &[],
         )
         .unwrap();
+        let admission_pass = Histogram::with_opts(
+            HistogramOpts::new(
+                "runplane_admission_pass_seconds",
+                "Duration of admission passes over the queue, pod creates included",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        )
+        .unwrap();
         let charges = IntCounter::new("runplane_charges_total", "Tasks charged to their account").unwrap();
         let credits_charged = IntCounter::new("runplane_credits_charged_total", "Credits charged to accounts").unwrap();
         let is_leader = IntGauge::new("runplane_leader", "1 while this replica holds the controller lease").unwrap();
@@ -109,6 +118,7 @@ impl ControllerMetrics {
             Box::new(reconciles.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_duration.clone()),
+            Box::new(admission_pass.clone()),
             Box::new(charges.clone()),
             Box::new(credits_charged.clone()),
             Box::new(is_leader.clone()),
@@ -132,6 +142,7 @@ impl ControllerMetrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            admission_pass,
             charges,
             credits_charged,
             is_leader,

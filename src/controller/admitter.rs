@@ -75,19 +75,26 @@ impl Admitter {
     }
 
     pub async fn run(mut self, changed: Arc<Notify>) {
+        let mut last = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            // Let a burst of events land before deciding.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            self.pass().await;
+            // Let a burst of events land before deciding; under constant
+            // change, rest as long as the last pass spent deciding, so that
+            // passes over a deep queue take at most half of a core.
+            tokio::time::sleep(Duration::from_millis(5).max(last)).await;
+            let started = Instant::now();
+            last = self.pass().await;
+            self.ctx.metrics.admission_pass.observe(started.elapsed().as_secs_f64());
         }
     }
 
-    /// One admission pass over the whole queue.
-    pub async fn pass(&mut self) {
+    /// One admission pass over the whole queue. Returns the time it spent
+    /// deciding (not waiting for the API server).
+    pub async fn pass(&mut self) -> Duration {
+        let started = Instant::now();
         let now = Timestamp::now();
         let ctx = self.ctx.clone();
         let caches = &ctx.caches;
@@ -95,19 +102,23 @@ impl Admitter {
         // Capacity held by existing pods and pods created but not yet seen.
         let mut cluster = ClusterUsage { quota: self.quota(&caches.nodes.state()), in_use: BTreeMap::new() };
         let mut running: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new(); // account → (pods, gpus, per-run reserved)
-        let mut live: HashSet<(String, String)> = HashSet::new();
-        for pod in caches.pods.state() {
-            let key = (pod.namespace().unwrap_or_default(), pod.name_any());
-            self.inflight.remove(&key);
-            live.insert(key);
-            if holds_capacity(&pod) {
+        let pods = caches.pods.state();
+        let mut live: HashSet<(&str, &str)> = HashSet::with_capacity(pods.len());
+        for pod in &pods {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            if !self.inflight.is_empty() {
+                self.inflight.remove(&(namespace.to_string(), name.to_string()));
+            }
+            live.insert((namespace, name));
+            if holds_capacity(pod) {
                 let account = pod.labels().get(crate::resources::labels::ACCOUNT).cloned().unwrap_or_default();
-                add_usage(&mut running, &mut cluster, &account, &pod_gpus(&pod), frozen_price(&pod).per_run);
+                add_usage(&mut running, &mut cluster, &account, &pod_gpus(pod), frozen_price(pod).per_run);
             }
         }
         self.inflight.retain(|_, f| f.since.elapsed() < INFLIGHT_TTL);
         for (key, f) in &self.inflight {
-            live.insert(key.clone());
+            live.insert((key.0.as_str(), key.1.as_str()));
             add_usage(&mut running, &mut cluster, &f.account, &f.gpus, f.per_run);
         }
 
@@ -140,20 +151,22 @@ impl Admitter {
             if task.is_terminal() || task.metadata.deletion_timestamp.is_some() || task.spec.cancel {
                 continue;
             }
-            let status = task.status.clone().unwrap_or_default();
-            let namespace = task.namespace().unwrap_or_default();
+            let status = task.status.as_ref();
+            if status.is_some_and(|s| s.pod_name.is_some()) {
+                continue;
+            }
+            let namespace = task.metadata.namespace.as_deref().unwrap_or_default();
+            let attempts = status.and_then(|s| s.attempts).unwrap_or(0);
+            let name = pod_name(task.metadata.name.as_deref().unwrap_or_default(), attempts);
+            if live.contains(&(namespace, name.as_str())) {
+                continue;
+            }
+            let namespace = namespace.to_string();
             let account = owners.get(&namespace).and_then(|o| o.as_ref().ok()).map(|a| a.name_any());
-            if status.pod_name.is_some() {
-                continue;
-            }
-            let attempts = status.attempts.unwrap_or(0);
-            if live.contains(&(namespace.clone(), pod_name(&task.name_any(), attempts))) {
-                continue;
-            }
             if let Some(account) = &account {
                 *queued.entry(account.clone()).or_default() += 1;
             }
-            if status.retry_at.as_ref().is_some_and(|t| t.0 > now) {
+            if status.and_then(|s| s.retry_at.as_ref()).is_some_and(|t| t.0 > now) {
                 continue;
             }
             let account = match owners.get(&namespace) {
@@ -236,6 +249,7 @@ impl Admitter {
             }
             creates.push((pod_key, pod));
         }
+        let deciding = started.elapsed();
         let client = ctx.client.clone();
         let failed: Vec<(String, String)> = futures::stream::iter(creates)
             .map(|(key, pod)| {
@@ -313,6 +327,7 @@ impl Admitter {
             let used = cluster.in_use.get(resource).copied().unwrap_or(0);
             ctx.metrics.gpus_in_use.with_label_values(&[resource.as_str()]).set(used);
         }
+        deciding
     }
 
     /// GPU quota by resource: the flag's, else the allocatable GPUs of Ready, schedulable nodes.
@@ -355,6 +370,15 @@ fn queued_status(
     account: Option<String>,
     now: Timestamp,
 ) -> Option<GpuTaskStatus> {
+    // Most queued tasks wait as they did on the last pass: decide that
+    // before copying anything.
+    if let (Blocked::Waiting(reason, message), Some(current)) = (blocked, task.status.as_ref()) {
+        let capacity_flip = current.wait_reason.is_some_and(|r| r.is_capacity()) && reason.is_capacity();
+        let same = current.wait_reason == Some(*reason) && current.message.as_ref() == Some(message);
+        if current.phase == Some(TaskPhase::Queued) && current.account == account && (capacity_flip || same) {
+            return None;
+        }
+    }
     let current = task.status.clone().unwrap_or_default();
     let mut next = current.clone();
     next.observed_generation = task.metadata.generation;

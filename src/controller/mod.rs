@@ -77,6 +77,10 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<ControllerMetrics>,
     pub accounts: AccountWriter,
+    /// Pods this process released, by UID, with the resourceVersion the
+    /// release was made against: a reconcile that still sees that version
+    /// in the cache does not release (and conflict) again.
+    pub released: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// How often every task is reconciled even if nothing changed.
@@ -119,7 +123,15 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         Reporter { controller: crate::resources::managers::CONTROLLER.into(), instance: identity },
     );
     let accounts = accounts::start(client.clone(), caches.accounts.clone(), metrics.clone());
-    let ctx = Arc::new(Context { client, caches: caches.clone(), config: config.clone(), recorder, metrics, accounts });
+    let ctx = Arc::new(Context {
+        client,
+        caches: caches.clone(),
+        config: config.clone(),
+        recorder,
+        metrics,
+        accounts,
+        released: Default::default(),
+    });
 
     let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone()).run(changed));
     let deliverer = tokio::spawn(webhooks::Deliverer::new(ctx.clone(), config.webhooks.clone()).run());

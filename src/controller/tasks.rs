@@ -84,8 +84,9 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
         let pod_name = pod.name_any();
         // Released before it is deleted: the delete would change the
         // resourceVersion that the release is conditioned on.
-        if plan.release_pod {
+        if plan.release_pod && !released_already(ctx, pod) {
             release(&pods, pod).await?;
+            remember_release(ctx, pod);
         }
         if plan.delete_pod {
             let params = DeleteParams { preconditions: uid_precondition(pod), ..DeleteParams::background() };
@@ -126,6 +127,25 @@ pub async fn write_status(api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskSt
     });
     let params = PatchParams::apply(managers::CONTROLLER).force();
     Ok(api.patch_status(&task.name_any(), &params, &Patch::Apply(&patch)).await?)
+}
+
+fn released_already(ctx: &Context, pod: &Pod) -> bool {
+    let released = ctx.released.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    pod.metadata
+        .uid
+        .as_ref()
+        .and_then(|uid| released.get(uid))
+        .is_some_and(|rv| Some(rv) == pod.metadata.resource_version.as_ref())
+}
+
+fn remember_release(ctx: &Context, pod: &Pod) {
+    let mut released = ctx.released.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if released.len() >= 10_000 {
+        released.clear();
+    }
+    if let (Some(uid), Some(rv)) = (pod.metadata.uid.clone(), pod.metadata.resource_version.clone()) {
+        released.insert(uid, rv);
+    }
 }
 
 /// Removes runplane's finalizer from a pod, leaving any others.

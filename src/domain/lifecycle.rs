@@ -41,7 +41,7 @@ impl Default for LifecycleConfig {
             retry_backoff: SignedDuration::from_secs(10),
             retry_backoff_max: SignedDuration::from_mins(5),
             finished_ttl: Some(SignedDuration::from_hours(24)),
-            pending_status_delay: SignedDuration::from_secs(2),
+            pending_status_delay: SignedDuration::from_secs(5),
         }
     }
 }
@@ -662,13 +662,13 @@ mod tests {
 
     #[test]
     fn a_pod_that_starts_quickly_costs_no_pending_write() {
-        // pod_for creates the pod at 1; the default delay is 2 s.
+        // pod_for creates the pod at 1; the default delay is 5 s.
         let t = task("t").build();
         let pod = pod_for(&t, 0).build();
         let p = run(&t, Some(&pod), 2);
         assert_eq!(p.status, None);
         assert_eq!(p.event, None);
-        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(1)), "looks again when the delay is over");
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(4)), "looks again when the delay is over");
         // Running straight from Queued: one write, with the admission facts, no event.
         let running = pod_for(&t, 0).running(2).build();
         let p = run(&t, Some(&running), 2);
@@ -692,7 +692,7 @@ mod tests {
     fn pending_pod_is_recorded_as_admitted_once() {
         let t = task("t").build();
         let pod = pod_for(&t, 0).build();
-        let p = run(&t, Some(&pod), 3);
+        let p = run(&t, Some(&pod), 6);
         let status = p.status.clone().expect("a pod pending past the delay is written");
         assert_eq!(status.phase, Some(TaskPhase::Queued));
         assert_eq!(status.wait_reason, Some(WaitReason::PodStarting));
@@ -703,7 +703,7 @@ mod tests {
         // Nothing changes on the next look: no write.
         let mut t2 = t.clone();
         t2.status = Some(status);
-        let again = run(&t2, Some(&pod), 4);
+        let again = run(&t2, Some(&pod), 7);
         assert_eq!((again.status, again.event), (None, None));
     }
 
