@@ -45,6 +45,21 @@ fn trim<K: Resource>(obj: &mut K) {
     }
 }
 
+/// Finished tasks are most of the cache. Their input and the story of how
+/// they got there (conditions, message) are never read again by the
+/// controller: it only lets their pod go, delivers their webhook (output,
+/// times, error) and deletes them after the TTL.
+fn trim_task(task: &mut GpuTask) {
+    trim(task);
+    if task.is_terminal() {
+        task.spec.input = serde_json::Value::Null;
+        if let Some(status) = task.status.as_mut() {
+            status.conditions = Vec::new();
+            status.message = None;
+        }
+    }
+}
+
 /// Keeps what the controller decides from. A finished pod that runplane has
 /// released (it stays until its task goes) keeps only its identity and phase.
 fn trim_pod(pod: &mut Pod) {
@@ -74,7 +89,7 @@ pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Triggers, Vec<tok
     let (tasks, writer) = reflector::store::<GpuTask>();
     let stream = watcher(Api::<GpuTask>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(trim)
+        .modify(trim_task)
         .reflect(writer);
     handles.push(drive("gputasks", stream, changed.clone(), Some((task_tx, active.clone()))));
 
