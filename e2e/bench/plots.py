@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot(name, res, out):
-    fn = {"throughput": throughput, "backlog": backlog, "memory": memory, "writes": writes}.get(name)
-    if fn:
+    fn = {"throughput": throughput, "backlog": backlog, "memory": memory, "writes": writes, "gateway": gateway}.get(name)
+    if fn and not res.get("skipped"):
         fn(res, os.path.join(out, f"{name}.png"))
 
 
@@ -23,7 +23,7 @@ def throughput(res, path):
             ax.plot(s, range(1, len(s) + 1), label=f"{label}: {r['rate']:.0f}/s")
     ax.set_xlabel("seconds since the first create")
     ax.set_ylabel("pods created")
-    ax.set_title(f"Pods created, {res['tasks']} one-GPU tasks/Jobs/pods, {res['connections']} connections")
+    ax.set_title(f"Pods created, {res['tasks']} one-GPU tasks/Jobs/pods, {res['connections']} creates in flight")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -72,6 +72,32 @@ def writes(res, path):
     ax.barh([f"{r['verb']} {r['resource']}" for r in rows], [r["per_task"] for r in rows])
     ax.set_xlabel("apiserver writes per task")
     ax.set_title(f"runplane writes per task ({res['writes_per_task']:.2f} in all)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gateway(res, path):
+    rows = res["rows"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    labels = [r["endpoint"] for r in rows]
+    ax.barh(labels, [r["rate"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        ax.text(r["rate"], i, f" {r['rate']:.0f}/s ({r['ratio_to_healthz']:.2f}×)", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("requests/s")
+    ax.set_xlim(0, max(r["rate"] for r in rows) * 1.35)
+    ax.set_title(f"runplane api under wrk ({res['threads']} threads, {res['connections']} connections)")
+    y = range(len(rows))
+    ax2.barh([i - 0.2 for i in y], [r["p50_ms"] for r in rows], height=0.4, label="p50")
+    ax2.barh([i + 0.2 for i in y], [r["p99_ms"] for r in rows], height=0.4, label="p99")
+    ax2.set_yticks(list(y))
+    ax2.set_yticklabels([])
+    ax2.invert_yaxis()
+    ax2.set_xscale("log")
+    ax2.set_xlabel("latency (ms, log scale)")
+    ax2.legend()
+    ax2.set_title("latency")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

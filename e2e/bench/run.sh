@@ -3,6 +3,10 @@
 # so it never collides with `make test`'s cluster), runs e2e/bench/bench.py,
 # and leaves the cluster running (BENCH_DOWN=1 stops it afterwards).
 #
+# Objects are created by a Rust load generator (examples/bench_load.rs, built
+# here); the gateway scenario loads `runplane api` with wrk (Debian's `wrk`
+# package, installed when missing; needs root or sudo).
+#
 # Env: BENCH_SCALE [full] (tiny|small|full), BENCH_SCENARIOS, BENCH_OUT
 # [e2e/bench/results], BENCH_NODES [50], BENCH_NODE_GPUS [80], the
 # RUNPLANE_E2E_*_PORT variables (defaults below), BENCH_ARGS (extra flags).
@@ -27,16 +31,34 @@ if ! "$VENV/bin/python" -c 'import matplotlib, requests' 2>/dev/null; then
   "$VENV/bin/pip" install --quiet matplotlib requests
 fi
 
+# wrk loads the gateway (scenario gateway); Debian's package, without its
+# recommends. A failed install only matters to that scenario, which says so.
+if [[ ,${BENCH_SCENARIOS:-gateway}, == *,gateway,* ]] && ! command -v wrk >/dev/null 2>&1 &&
+  command -v apt-get >/dev/null 2>&1; then
+  SUDO=()
+  [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+  echo "[bench] installing Debian's wrk package" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends wrk >/dev/null; then
+    "${SUDO[@]}" apt-get update -q >/dev/null || true
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends wrk >/dev/null ||
+      echo "[bench] could not install wrk; the gateway scenario will be skipped" >&2
+  fi
+fi
+
 cargo build --release --quiet
+cargo build --release --quiet --example bench-load
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$(cd "$TARGET/release" && pwd)/runplane
+LOADER=$(cd "$TARGET/release/examples" && pwd)/bench-load
 
 bash e2e/cluster/up.sh >/dev/null
 kubectl --kubeconfig "$RUNPLANE_E2E_STATE/kubeconfig" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
 
 OUT=${BENCH_OUT:-e2e/bench/results}
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-"$VENV/bin/python" e2e/bench/bench.py --scale "${BENCH_SCALE:-full}" --runplane "$BIN" --out "$OUT" ${BENCH_ARGS:-}
+"$VENV/bin/python" e2e/bench/bench.py --scale "${BENCH_SCALE:-full}" --runplane "$BIN" --loader "$LOADER" \
+  --out "$OUT" ${BENCH_ARGS:-}
 
 if [[ ${BENCH_DOWN:-0} == 1 ]]; then
   bash e2e/cluster/down.sh

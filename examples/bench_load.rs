@@ -1,0 +1,257 @@
+//! The benchmarks' load generator (`e2e/bench/bench.py`): creates Kubernetes
+//! objects concurrently from a JSON body template, optionally merge-patching
+//! each one's `/status` after creating it, and prints one JSON line:
+//! `{"created", "seconds", "requests", "errors", …}`.
+//!
+//! ```sh
+//! cargo run --release --example bench-load -- --kubeconfig e2e/.cluster/kubeconfig \
+//!   --path /api/v1/namespaces/bench/pods --from 0 --to 1000 \
+//!   --body '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p-{i}"},"spec":{…}}'
+//! ```
+//!
+//! `{i}` anywhere in the body (and the status patch) becomes the index. With
+//! `--items FILE` each line of FILE is `{"path": …, "body": {…}}` instead, for
+//! objects spread over several collections. 429, 5xx and connection errors
+//! are retried with a short backoff; a 409 on create means the object is
+//! already there (a retried create that had gone through), and counts as
+//! created. The client has no rate limiter of its own: `--concurrency` requests
+//! are in flight at once, each on its own connection.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(about = "Creates Kubernetes objects concurrently for the benchmarks")]
+struct Args {
+    /// Kubeconfig file; $KUBECONFIG or in-cluster config when unset.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Collection to create in, e.g. /api/v1/namespaces/NS/pods or /apis/GROUP/VERSION/namespaces/NS/RESOURCE.
+    #[arg(long, required_unless_present = "items")]
+    path: Option<String>,
+    /// JSON body template; `{i}` is replaced by the index.
+    #[arg(long, conflicts_with = "body_file", required_unless_present_any = ["body_file", "items"])]
+    body: Option<String>,
+    /// File holding the JSON body template.
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+    /// First index.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// End index (exclusive).
+    #[arg(long, required_unless_present = "items")]
+    to: Option<u64>,
+    /// JSON lines of {"path": COLLECTION, "body": OBJECT}, created in this order (instead of --path/--body/--from/--to).
+    #[arg(long, conflicts_with_all = ["path", "body", "body_file", "to"])]
+    items: Option<PathBuf>,
+    /// JSON merge patch sent to the /status subresource of each object after it is created (`{i}` replaced too).
+    #[arg(long)]
+    status_patch: Option<String>,
+    /// Attempts per request before the object counts as an error.
+    #[arg(long, default_value_t = 10)]
+    attempts: u32,
+}
+
+/// One object to create: its collection, name and body.
+struct Item {
+    path: String,
+    name: String,
+    body: Vec<u8>,
+    status_patch: Option<Value>,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    create_requests: AtomicU64,
+    patch_requests: AtomicU64,
+    created: AtomicU64,
+    already_there: AtomicU64,
+    patched: AtomicU64,
+    retries: AtomicU64,
+    errors: AtomicU64,
+}
+
+enum Op<'a> {
+    Create,
+    PatchStatus(&'a Value),
+}
+
+enum Outcome {
+    Done,
+    AlreadyThere,
+}
+
+/// Sends one request, retrying what may succeed on a later attempt.
+async fn call(client: &Client, item: &Item, op: &Op<'_>, counters: &Counters, attempts: u32) -> Result<Outcome> {
+    let request = kube::core::Request::new(item.path.as_str());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let http_request = match op {
+            Op::Create => request.create(&PostParams::default(), item.body.clone()),
+            Op::PatchStatus(patch) => {
+                request.patch_subresource("status", &item.name, &PatchParams::default(), &Patch::Merge(*patch))
+            }
+        }
+        .context("building the request")?;
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let counter = match op {
+            Op::Create => &counters.create_requests,
+            Op::PatchStatus(_) => &counters.patch_requests,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let retry = match client.request_text(http_request).await {
+            Ok(_) => return Ok(Outcome::Done),
+            Err(kube::Error::Api(status)) if status.code == 409 && matches!(op, Op::Create) => {
+                return Ok(Outcome::AlreadyThere);
+            }
+            Err(kube::Error::Api(status)) if status.code == 429 || status.code >= 500 => {
+                format!("{} {}", status.code, status.message)
+            }
+            Err(kube::Error::Api(status)) => {
+                bail!("{} {}/{}: {} {}", http_method(op), item.path, item.name, status.code, status.message)
+            }
+            // Connection errors and timeouts.
+            Err(e) => e.to_string(),
+        };
+        if attempt >= attempts {
+            bail!("{} {}/{}: gave up after {attempt} attempts: {retry}", http_method(op), item.path, item.name);
+        }
+        counters.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis((50 << attempt.min(5)).min(1000))).await;
+    }
+}
+
+fn http_method(op: &Op<'_>) -> &'static str {
+    match op {
+        Op::Create => "POST",
+        Op::PatchStatus(_) => "PATCH",
+    }
+}
+
+/// Creates one object (and patches its status); errors are counted, the first few printed.
+async fn load_one(client: &Client, item: Item, counters: &Counters, attempts: u32) {
+    let result = async {
+        match call(client, &item, &Op::Create, counters, attempts).await? {
+            Outcome::Done => counters.created.fetch_add(1, Ordering::Relaxed),
+            Outcome::AlreadyThere => counters.already_there.fetch_add(1, Ordering::Relaxed),
+        };
+        if let Some(patch) = &item.status_patch {
+            call(client, &item, &Op::PatchStatus(patch), counters, attempts).await?;
+            counters.patched.fetch_add(1, Ordering::Relaxed);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result
+        && counters.errors.fetch_add(1, Ordering::Relaxed) < 5
+    {
+        eprintln!("bench-load: {e:#}");
+    }
+}
+
+fn item(path: String, body: &str, status_patch: Option<&str>) -> Result<Item> {
+    let value: Value = serde_json::from_str(body).with_context(|| format!("the body is not JSON: {body}"))?;
+    let Some(name) = value["metadata"]["name"].as_str() else {
+        bail!("the body has no metadata.name: {body}");
+    };
+    let status_patch = match status_patch {
+        Some(p) => Some(serde_json::from_str(p).with_context(|| format!("the status patch is not JSON: {p}"))?),
+        None => None,
+    };
+    Ok(Item { path, name: name.to_string(), body: serde_json::to_vec(&value)?, status_patch })
+}
+
+fn items(args: &Args) -> Result<Vec<Item>> {
+    let patch = args.status_patch.as_deref();
+    if let Some(file) = &args.items {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{}", file.display(), n + 1))?;
+            let (Some(path), Some(body)) = (v["path"].as_str(), v.get("body")) else {
+                bail!("{}:{}: want {{\"path\": …, \"body\": {{…}}}}", file.display(), n + 1);
+            };
+            out.push(item(path.to_string(), &body.to_string(), patch)?);
+        }
+        return Ok(out);
+    }
+    let template = match (&args.body, &args.body_file) {
+        (Some(body), _) => body.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        (None, None) => bail!("give --body, --body-file or --items"),
+    };
+    let path = args.path.clone().context("--path is required")?;
+    let to = args.to.context("--to is required")?;
+    (args.from..to)
+        .map(|i| {
+            let i = i.to_string();
+            item(path.clone(), &template.replace("{i}", &i), patch.map(|p| p.replace("{i}", &i)).as_deref())
+        })
+        .collect()
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer().await?,
+    };
+    // A request stuck this long is retried rather than holding up the run.
+    config.read_timeout = Some(Duration::from_secs(60));
+    Ok(Client::try_from(config)?)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.concurrency == 0 || args.attempts == 0 {
+        bail!("--concurrency and --attempts must be at least 1");
+    }
+    let items = items(&args)?;
+    let client = client(args.kubeconfig.as_ref()).await?;
+    let counters = Counters::default();
+    let started = Instant::now();
+    futures::stream::iter(items)
+        .for_each_concurrent(args.concurrency, |item| load_one(&client, item, &counters, args.attempts))
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let created = n(&counters.created) + n(&counters.already_there);
+    let errors = n(&counters.errors);
+    println!(
+        "{}",
+        json!({
+            "created": created,
+            "seconds": seconds,
+            "requests": n(&counters.requests),
+            "errors": errors,
+            "rate": created as f64 / seconds.max(1e-9),
+            "create_requests": n(&counters.create_requests),
+            "patch_requests": n(&counters.patch_requests),
+            "already_there": n(&counters.already_there),
+            "patched": n(&counters.patched),
+            "retries": n(&counters.retries),
+            "concurrency": args.concurrency,
+        })
+    );
+    if errors > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
