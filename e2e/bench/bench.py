@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""runplane benchmarks on the local kwok control plane (see e2e/bench/README.md).
+"""runplane benchmarks on the local kwok control plane (results and method: docs/benchmarks.md).
 
 Every scenario prints a table, and writes <out>/<scenario>.json and a PNG plot.
 Rates are measured side by side in one run on a noisy machine, so the figures
