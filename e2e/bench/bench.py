@@ -639,6 +639,27 @@ def writes_per_task(args, sizes, out):
     return res
 
 
+def allowed_use(added, finished, limit_of, quota):
+    """GPU use against what was allowed: GPU-seconds held by each account's
+    pods until its last pod was created (while it had tasks waiting), over
+    the GPU-seconds the quota and the limits of the accounts still waiting
+    allowed. One GPU per pod; keys of added/finished are (namespace, name)."""
+    last = {}
+    for (ns, _), ta in added.items():
+        last[ns] = max(last.get(ns, ta), ta)
+    a0 = min(added.values())
+    active = sum(limit_of[ns] for ns in last)
+    allowed, prev = 0.0, a0
+    for ns, t in sorted(last.items(), key=lambda x: x[1]):
+        allowed += min(quota, active) * (t - prev)
+        prev, active = t, active - limit_of[ns]
+    used = 0.0
+    for key, ta in added.items():
+        end = last[key[0]]
+        used += max(0.0, min(finished.get(key, end), end) - max(ta, a0))
+    return used / allowed if allowed else None
+
+
 def backlog(args, sizes, out):
     n, n_acc, quota = sizes["backlog"], sizes["accounts"], sizes["quota"]
     plans = ["free", "pro", "team"]
@@ -714,6 +735,8 @@ def backlog(args, sizes, out):
            "started": len(added), "finished": len(finished),
            "post_seconds": t_posted - t0, "loader": loader_summary(lr),
            "utilization": used / available if available else None,
+           "utilization_of_allowed": allowed_use(added, finished, {ns: limit[plans[i % 3]] for i, ns in
+                                                                  enumerate(namespaces)}, quota),
            "ideal_makespan": ideal + max(buckets.values()) * 0, "measured_makespan": makespan,
            "ideal_makespan_with_account_limits": ideal_limits,
            "freed_to_next_p50_ms": pct(50) * 1000 if gaps else None,
@@ -721,7 +744,8 @@ def backlog(args, sizes, out):
            "controller_cpu_seconds": cpu, "samples": samples, "rss": rss,
            "concurrency_limit_sum": sum({"free": 5, "pro": 10, "team": 25}[plans[i % 3]] for i in range(n_acc))}
     print(f"  {n} tasks, quota {quota} GPUs, {gpu_seconds:.0f} GPU-s of work: GPU use while waiting "
-          f"{100 * res['utilization']:.1f}%, makespan ideal {ideal:.1f}s (with the accounts' limits "
+          f"{100 * res['utilization']:.1f}% of the quota, {100 * res['utilization_of_allowed']:.1f}% of what the "
+          f"accounts' limits allowed, makespan ideal {ideal:.1f}s (with the accounts' limits "
           f"{ideal_limits:.1f}s) / measured {makespan:.1f}s (tasks created in {t_posted - t0:.1f}s), "
           f"freed->next p50 {res['freed_to_next_p50_ms']:.0f} ms p99 {res['freed_to_next_p99_ms']:.0f} ms", flush=True)
     # GPUs in use over time, from the watch
