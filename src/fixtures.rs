@@ -135,6 +135,20 @@ impl PodBuilder {
     pub fn failed(self, reason: Option<&str>, exit: i32, started: i64, ended: i64, message: &str) -> Self {
         self.terminated("Failed", reason, exit, started, ended, message)
     }
+    /// Failed before its container ever started (no container start time),
+    /// as a pod stopped while pulling its image ends.
+    pub fn failed_unstarted(self, reason: Option<&str>, exit: i32, ended: i64) -> Self {
+        let state = ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: exit,
+                reason: Some("ContainerStatusUnknown".into()),
+                finished_at: Some(Time(ts(ended))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.status("Failed", reason, vec![container(state)])
+    }
     pub fn waiting(self, reason: &str) -> Self {
         let state = ContainerState {
             waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: Some("back-off".into()) }),

@@ -154,7 +154,16 @@ impl Writer {
 
     async fn try_charge(&mut self, account: &str, pending: &[PendingCharge]) -> Result<()> {
         let charge_err = |source| Error::Charge { account: account.into(), source };
-        let mut current = self.api.get(account).await.map_err(charge_err)?;
+        let mut current = match self.api.get(account).await {
+            Ok(current) => current,
+            Err(e) if is_status(&e, 404) => {
+                // Nothing to charge any more; holding the tasks' pods for an
+                // account that will not come back would keep them forever.
+                tracing::warn!(account, tasks = pending.len(), "the account is gone; its tasks' charges are dropped");
+                return Ok(());
+            }
+            Err(e) => return Err(charge_err(e)),
+        };
         let mut status = current.status.clone().unwrap_or_default();
         let charges: Vec<(String, i64)> = pending.iter().map(|(uid, credits, _)| (uid.clone(), *credits)).collect();
         let (added, charged) = apply_charges(&mut status, &charges, RECENT_CHARGES);

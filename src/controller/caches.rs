@@ -188,6 +188,13 @@ impl Caches {
         self.pod(&namespace, &recorded).filter(owned)
     }
 
+    /// The account that owns `namespace`, if exactly one lists it.
+    pub fn account_of(&self, namespace: &str) -> Option<String> {
+        let mut owners = self.accounts.state().into_iter().filter(|a| a.spec.namespaces.iter().any(|n| n == namespace));
+        let first = owners.next()?;
+        owners.next().is_none().then(|| first.name_any())
+    }
+
     /// Which account owns each namespace. A namespace claimed by several
     /// accounts belongs to none of them until the conflict is resolved.
     pub fn accounts_by_namespace(&self) -> BTreeMap<String, Result<Arc<GpuAccount>, Vec<String>>> {

@@ -41,7 +41,15 @@ async fn reconcile_inner(task: &GpuTask, ctx: &Context) -> Result<Action> {
     let pod = ctx.caches.current_pod(task);
     let max_retries = ctx.caches.template(&namespace, &task.spec.template_ref.name).map(|t| t.spec.max_retries);
     let webhook_pending = task.is_terminal() && super::webhooks::pending(ctx, task);
-    let view = TaskView { task, max_retries, pod: pod.as_deref(), now: Timestamp::now(), webhook_pending };
+    let account = ctx.caches.account_of(&namespace);
+    let view = TaskView {
+        task,
+        max_retries,
+        pod: pod.as_deref(),
+        account: account.as_deref(),
+        now: Timestamp::now(),
+        webhook_pending,
+    };
     let plan = lifecycle::plan(view, &ctx.config.lifecycle);
     apply(task, pod.as_deref(), plan, ctx).await
 }
@@ -52,19 +60,26 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
     let tasks: Api<GpuTask> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    if let Some(credits) = plan.charge {
-        let account = plan
-            .status
-            .as_ref()
-            .and_then(|s| s.account.clone())
-            .or_else(|| pod.and_then(|p| p.labels().get(labels::ACCOUNT).cloned()))
-            .ok_or_else(|| Error::NoAccount(format!("{namespace}/{name}")))?;
-        ctx.accounts.charge(&account, task.metadata.uid.as_deref().unwrap_or_default(), credits).await?;
-    }
-
+    // The status first: a terminal status records what the task costs, so
+    // that a charge retried after a crash or a conflict charges exactly
+    // what the task says, and the pod's finalizer (released below, after
+    // the charge) marks the charge as done.
     if let Some(status) = &plan.status {
         write_status(&tasks, task, status).await?;
         observe_transition(ctx, task, status);
+    }
+
+    if let Some(credits) = plan.charge
+        && !pod.is_some_and(|p| released_already(ctx, p))
+    {
+        let account = plan
+            .status
+            .as_ref()
+            .or(task.status.as_ref())
+            .and_then(|s| s.account.clone())
+            .or_else(|| ctx.caches.account_of(&namespace))
+            .ok_or_else(|| Error::NoAccount(format!("{namespace}/{name}")))?;
+        ctx.accounts.charge(&account, task.metadata.uid.as_deref().unwrap_or_default(), credits).await?;
     }
 
     if let Some(event) = plan.event {
@@ -220,10 +235,15 @@ pub async fn reap_orphans(ctx: &Context) {
         }
         let credits = lifecycle::orphan_charge(&pod, Timestamp::now());
         if credits > 0 {
-            let Some(account) = pod.labels().get(labels::ACCOUNT) else {
+            // The account that owns the namespace, not what the pod's labels
+            // claim: a tenant must not be able to bill another account.
+            let Some(account) = ctx.caches.account_of(&namespace) else {
+                tracing::warn!(pod = %pod.name_any(), %namespace, "no account owns the namespace; the run is not charged");
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+                let _ = release(&pods, &pod).await;
                 continue;
             };
-            if let Err(error) = ctx.accounts.charge(account, &owner.uid, credits).await {
+            if let Err(error) = ctx.accounts.charge(&account, &owner.uid, credits).await {
                 tracing::warn!(%error, pod = %pod.name_any(), "charging a deleted task failed; will retry");
                 continue;
             }

@@ -31,6 +31,9 @@ pub struct LifecycleConfig {
     /// from Queued to Running on the task, without a status write (and an
     /// event) for the short time it was pending. Slower starts are recorded.
     pub pending_status_delay: SignedDuration,
+    /// Record an event at every phase transition (started, completed), not
+    /// only for what needs a look (failures, retries, cancels, slow starts).
+    pub transition_events: bool,
 }
 
 impl Default for LifecycleConfig {
@@ -42,6 +45,7 @@ impl Default for LifecycleConfig {
             retry_backoff_max: SignedDuration::from_mins(5),
             finished_ttl: Some(SignedDuration::from_hours(24)),
             pending_status_delay: SignedDuration::from_secs(5),
+            transition_events: true,
         }
     }
 }
@@ -54,6 +58,9 @@ pub struct TaskView<'a> {
     pub max_retries: Option<i32>,
     /// The pod of the task's current attempt, if it exists.
     pub pod: Option<&'a Pod>,
+    /// The account that owns the task's namespace now; the task is charged
+    /// to the account recorded on its status, else this one.
+    pub account: Option<&'a str>,
     pub now: Timestamp,
     /// A finished task whose webhook is not settled yet is not deleted.
     pub webhook_pending: bool,
@@ -133,13 +140,26 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
         return plan_without_pod(view, &current);
     };
 
-    let mut next = current.clone();
-    next.observed_generation = task.metadata.generation;
     let attempt: i32 =
         pod.metadata.labels.as_ref().and_then(|l| l.get(labels::ATTEMPT)).and_then(|a| a.parse().ok()).unwrap_or(0);
+    if current.pod_name.is_none() && attempt < current.attempts.unwrap_or(0) {
+        // The pod of an attempt that already failed and is being retried:
+        // it is only let go. Deciding from it again would push the retry
+        // back on every look while it lingers (a lost node's pod can stay
+        // Terminating for a long time).
+        let mut out = plan_without_pod(view, &current);
+        out.release_pod = has_finalizer(pod);
+        out.delete_pod = pod.metadata.deletion_timestamp.is_none();
+        return out;
+    }
+
+    let mut next = current.clone();
+    next.observed_generation = task.metadata.generation;
     next.attempts = Some(current.attempts.unwrap_or(0).max(attempt + 1));
     next.pod_name = pod.metadata.name.clone();
-    next.account = pod.metadata.labels.as_ref().and_then(|l| l.get(labels::ACCOUNT)).cloned().or(next.account);
+    // Never from the pod's labels: whoever can create pods in the namespace
+    // could name another account there.
+    next.account = next.account.or_else(|| view.account.map(str::to_string));
     next.gpus = Some(frozen_price(pod).gpus as i32).filter(|g| *g > 0).or(next.gpus);
     if next.admitted_at.is_none() {
         next.admitted_at = pod.metadata.creation_timestamp.clone();
@@ -170,7 +190,7 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             let output = parse_output(termination_message(pod).as_deref());
             next.output = Some(output);
             next.progress = Some(100);
-            finish(out, &current, next, pod, TaskPhase::Completed, Finish::completed(), ended)
+            finish(out, &current, next, pod, TaskPhase::Completed, Finish::completed(config), ended)
         }
         _ if deleting => {
             // Someone other than runplane deleted the pod of a running task;
@@ -196,6 +216,14 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             if view.now >= hard_stop {
                 out.delete_pod = true;
                 return fail(view, out, &current, next, pod, Failure::Deadline, view.now, config);
+            }
+            if current.phase != Some(TaskPhase::Running) && config.transition_events {
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("its node");
+                out.event = Some(TaskEvent {
+                    reason: "Started",
+                    note: format!("pod {} is running on {node}", pod.metadata.name.as_deref().unwrap_or_default()),
+                    warning: false,
+                });
             }
             next.phase = Some(TaskPhase::Running);
             next.wait_reason = None;
@@ -279,6 +307,10 @@ fn plan_finished(view: TaskView<'_>, current: &GpuTaskStatus, config: &Lifecycle
     let mut out = Plan::default();
     if let Some(pod) = view.pod {
         if has_finalizer(pod) {
+            // Charged (again: charges are idempotent by task UID) before the
+            // pod is let go; a crash between the terminal status and the
+            // charge ends here.
+            out.charge = current.credits_used.filter(|c| *c > 0);
             out.release_pod = true;
         }
         // A finished pod stays (its logs can be read) until garbage
@@ -307,15 +339,22 @@ struct Finish {
     message: String,
     code: Option<i32>,
     warning: bool,
+    /// Record an event even for a success.
+    event: bool,
 }
 
 impl Finish {
-    fn completed() -> Self {
-        Self { reason: "Completed", message: "the task completed".into(), code: None, warning: false }
+    fn completed(config: &LifecycleConfig) -> Self {
+        let event = config.transition_events;
+        Self { reason: "Completed", message: "the task completed".into(), code: None, warning: false, event }
     }
 
     fn canceled() -> Self {
-        Self { reason: "Canceled", message: "the task was canceled".into(), code: None, warning: false }
+        Self { reason: "Canceled", message: "the task was canceled".into(), code: None, warning: false, event: true }
+    }
+
+    fn failed(message: String, code: i32) -> Self {
+        Self { reason: "Failed", message, code: Some(code), warning: true, event: true }
     }
 }
 
@@ -342,9 +381,12 @@ fn finish(
     next.message = Some(how.message.clone());
     set_condition(&mut next, conditions::FINISHED, true, how.reason, &how.message, ended);
     out.charge = (credits > 0).then_some(credits);
-    // Success is on the status; events are kept for what needs a look.
-    if how.reason != "Completed" {
-        out.event = Some(TaskEvent { reason: how.reason, note: how.message, warning: how.warning });
+    if how.reason != "Completed" || how.event {
+        let note = match next.processing_time {
+            Some(seconds) if how.reason == "Completed" => format!("{} in {seconds} s, {credits} credits", how.message),
+            _ => how.message,
+        };
+        out.event = Some(TaskEvent { reason: how.reason, note, warning: how.warning });
     }
     out.delete_pod = pod.metadata.deletion_timestamp.is_none() && !pod_is_terminal(pod);
     out.release_pod = has_finalizer(pod);
@@ -367,15 +409,7 @@ fn fail(
         Failure::Infrastructure(_) => retry_or_fail(view, out, current, next, failure, ended, Some((pod, config))),
         failure => {
             let (code, message) = describe(&failure, view, pod);
-            finish(
-                out,
-                current,
-                next,
-                pod,
-                TaskPhase::Failed,
-                Finish { reason: "Failed", message, code: Some(code), warning: true },
-                ended,
-            )
+            finish(out, current, next, pod, TaskPhase::Failed, Finish::failed(message, code), ended)
         }
     }
 }
@@ -421,15 +455,9 @@ fn retry_or_fail(
     }
     let message = format!("{why} (after {attempts} attempt{})", if attempts == 1 { "" } else { "s" });
     match pod {
-        Some((pod, _)) => finish(
-            out,
-            current,
-            next,
-            pod,
-            TaskPhase::Failed,
-            Finish { reason: "Failed", message, code: Some(codes::INTERNAL), warning: true },
-            ended,
-        ),
+        Some((pod, _)) => {
+            finish(out, current, next, pod, TaskPhase::Failed, Finish::failed(message, codes::INTERNAL), ended)
+        }
         None => {
             next.phase = Some(TaskPhase::Failed);
             next.completed_at = Some(Time(ended));
@@ -466,6 +494,19 @@ fn classify_failure(pod: &Pod) -> Failure {
     let status = pod.status.as_ref();
     let reason = status.and_then(|s| s.reason.as_deref()).unwrap_or_default();
     if reason == "DeadlineExceeded" {
+        if pod_started(pod).is_none() {
+            // The deadline passed while the container was still waiting
+            // (pulling its image, say): the task never ran.
+            let waiting = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+            let why = waiting.map(|w| format!(" ({w})")).unwrap_or_default();
+            return Failure::CannotStart {
+                code: codes::INTERNAL,
+                message: format!("the container did not start before the task's deadline{why}"),
+            };
+        }
         return Failure::Deadline;
     }
     if INFRASTRUCTURE_REASONS.contains(&reason) || reason.starts_with("OutOf") {
@@ -539,12 +580,14 @@ fn pod_started(pod: &Pod) -> Option<Timestamp> {
     if let Some(t) = state.and_then(|s| s.terminated.as_ref()).and_then(|t| t.started_at.as_ref()) {
         return Some(t.0);
     }
+    // A pod that reports no container times: its start time, but only when
+    // it is running or succeeded. A failed pod without a container start
+    // never ran (stopped while pulling its image, or while waiting past its
+    // deadline) and must not be charged; status.startTime is set when the
+    // pod is bound, before anything starts.
     let phase = pod.status.as_ref()?.phase.as_deref()?;
-    if matches!(phase, "Running" | "Succeeded" | "Failed") {
-        // A pod that ran but reports no container times: its start time.
-        if matches!(phase, "Running") || terminated(pod).is_some() {
-            return pod.status.as_ref()?.start_time.as_ref().map(|t| t.0);
-        }
+    if matches!(phase, "Running" | "Succeeded") {
+        return pod.status.as_ref()?.start_time.as_ref().map(|t| t.0);
     }
     None
 }
@@ -610,9 +653,22 @@ pub fn set_condition(
     message: &str,
     now: Timestamp,
 ) {
-    let value = if value { "True" } else { "False" };
     let generation = status.observed_generation;
-    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+    upsert_condition(&mut status.conditions, generation, type_, value, reason, message, now);
+}
+
+/// Sets a condition in a list, moving lastTransitionTime only when its status changes.
+pub fn upsert_condition(
+    conditions: &mut Vec<Condition>,
+    generation: Option<i64>,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let value = if value { "True" } else { "False" };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != value {
                 c.last_transition_time = Time(now);
@@ -622,7 +678,7 @@ pub fn set_condition(
             c.message = message.into();
             c.observed_generation = generation;
         }
-        None => status.conditions.push(Condition {
+        None => conditions.push(Condition {
             type_: type_.into(),
             status: value.into(),
             reason: reason.into(),
@@ -644,7 +700,7 @@ mod tests {
 
     fn run(task: &GpuTask, pod: Option<&Pod>, now: i64) -> Plan {
         plan(
-            TaskView { task, max_retries: Some(1), pod, now: ts(now), webhook_pending: false },
+            TaskView { task, max_retries: Some(1), pod, account: Some("acct"), now: ts(now), webhook_pending: false },
             &LifecycleConfig::default(),
         )
     }
@@ -676,7 +732,18 @@ mod tests {
         assert_eq!(status.phase, Some(TaskPhase::Running));
         assert_eq!((status.pod_name.as_deref(), status.attempts), (Some("t"), Some(1)));
         assert_eq!(status.admitted_at, Some(Time(ts(1))));
-        assert_eq!(p.event, None);
+        assert_eq!(p.event.map(|e| e.reason), Some("Started"), "the transition is an event");
+        // Without transition events, a quick start records none.
+        let quiet = LifecycleConfig { transition_events: false, ..LifecycleConfig::default() };
+        let view = TaskView {
+            task: &t,
+            max_retries: None,
+            pod: Some(&running),
+            account: None,
+            now: ts(2),
+            webhook_pending: false,
+        };
+        assert_eq!(plan(view, &quiet).event, None);
     }
 
     #[test]
@@ -735,10 +802,85 @@ mod tests {
         assert_eq!(p.charge, Some(20));
         assert_eq!(status.completed_at, Some(Time(ts(15))));
         // The finished pod is released, not deleted: garbage collection
-        // removes it with the task. No event: the status says it all.
+        // removes it with the task.
         assert!(p.release_pod && !p.delete_pod);
-        assert_eq!(p.event, None);
+        let event = p.event.expect("completion is an event");
+        assert_eq!((event.reason, event.warning), ("Completed", false));
+        assert!(event.note.contains("10 s, 20 credits"), "{}", event.note);
         assert_eq!(status.conditions.iter().find(|c| c.type_ == "Finished").unwrap().reason, "Completed");
+    }
+
+    #[test]
+    fn a_pod_canceled_before_its_container_started_is_not_charged() {
+        // Canceled while pulling its image: the pod ends Failed with a
+        // terminated container that never started (exit 137).
+        let t = crate::fixtures::TaskBuilder::from(admitted(task("t").build())).cancel().build();
+        let pod = pod_for(&t, 0).failed_unstarted(None, 137, 9).deleting(8).build();
+        let p = run(&t, Some(&pod), 10);
+        let status = p.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Canceled));
+        assert_eq!((status.started_at, status.credits_used, p.charge), (None, Some(0), None));
+    }
+
+    #[test]
+    fn a_deadline_passed_before_the_container_started_is_not_a_charged_timeout() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0).failed_unstarted(Some("DeadlineExceeded"), 137, 62).build();
+        let p = run(&t, Some(&pod), 63);
+        let status = p.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Failed));
+        assert_eq!(status.error_code, Some(codes::INTERNAL));
+        assert!(status.error_message.unwrap().contains("did not start"));
+        assert_eq!((status.credits_used, p.charge), (Some(0), None));
+    }
+
+    #[test]
+    fn the_account_comes_from_the_namespace_not_the_pods_labels() {
+        let t = admitted(task("t").build());
+        let mut pod = pod_for(&t, 0).running(5).build();
+        pod.metadata.labels.get_or_insert_default().insert(labels::ACCOUNT.into(), "victim".into());
+        assert_eq!(run(&t, Some(&pod), 6).status.unwrap().account.as_deref(), Some("acct"));
+        // Once recorded, the task's account stays, even if the namespace moves.
+        let recorded = crate::fixtures::TaskBuilder::from(t).status(|s| s.account = Some("first".into())).build();
+        let view = TaskView {
+            task: &recorded,
+            max_retries: None,
+            pod: Some(&pod),
+            account: Some("second"),
+            now: ts(6),
+            webhook_pending: false,
+        };
+        assert_eq!(plan(view, &LifecycleConfig::default()).status.unwrap().account.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn a_lingering_pod_of_a_failed_attempt_does_not_push_the_retry_back() {
+        let t = admitted(task("t").build());
+        let pod = pod_for(&t, 0).running(5).deleting(8).build();
+        let retrying = run(&t, Some(&pod), 9).status.unwrap();
+        assert_eq!(retrying.wait_reason, Some(WaitReason::RetryBackoff));
+        let t = crate::fixtures::TaskBuilder::from(t).status(|s| *s = retrying.clone()).build();
+        // The old pod is still there (Terminating on a lost node) later on.
+        let later = run(&t, Some(&pod), 15);
+        assert_eq!(later.status, None, "the retry time stays where it was");
+        assert_eq!(later.event, None);
+        assert!(later.release_pod, "the old pod is only let go");
+    }
+
+    #[test]
+    fn a_finished_task_whose_pod_is_held_is_charged_what_its_status_says() {
+        // A crash between the terminal status and the charge: the next look
+        // charges exactly the recorded credits, then lets the pod go.
+        let t = task("t")
+            .status(|s| {
+                s.phase = Some(TaskPhase::Completed);
+                s.completed_at = Some(Time(ts(10)));
+                s.credits_used = Some(17);
+            })
+            .build();
+        let pod = pod_for(&t, 0).succeeded(2, 10, "").build();
+        let p = run(&t, Some(&pod), 50);
+        assert_eq!((p.charge, p.release_pod, p.status), (Some(17), true, None));
     }
 
     #[test]
@@ -884,14 +1026,28 @@ mod tests {
         assert_eq!(p.requeue_after, Some(SignedDuration::from_hours(24) - SignedDuration::from_secs(1)));
         assert!(run(&t, None, 10 + 24 * 3600).delete_task);
         let pending = plan(
-            TaskView { task: &t, max_retries: None, pod: None, now: ts(10 + 24 * 3600), webhook_pending: true },
+            TaskView {
+                task: &t,
+                max_retries: None,
+                pod: None,
+                account: None,
+                now: ts(10 + 24 * 3600),
+                webhook_pending: true,
+            },
             &LifecycleConfig::default(),
         );
         assert!(!pending.delete_task, "the TTL waits for the webhook to settle");
 
         // Kept forever, the task does not keep its pod forever.
         let keep = LifecycleConfig { finished_ttl: None, ..LifecycleConfig::default() };
-        let view = TaskView { task: &t, max_retries: None, pod: Some(&pod), now: ts(11), webhook_pending: false };
+        let view = TaskView {
+            task: &t,
+            max_retries: None,
+            pod: Some(&pod),
+            account: None,
+            now: ts(11),
+            webhook_pending: false,
+        };
         assert!(plan(view, &keep).delete_pod);
         // A pod still running under a finished task is stopped.
         let running = pod_for(&t, 0).running(2).build();
