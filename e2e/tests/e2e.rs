@@ -524,3 +524,141 @@ async fn two_replicas_one_leader_and_a_failover_within_the_lease() {
     tenant.cleanup().await;
     let _ = kubectl(&["delete", "lease", "-n", "default", &lease], None);
 }
+
+/// Events on a task, oldest first, as (reason, note).
+async fn task_events(namespace: &str, task: &str) -> Vec<(String, String)> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client().await, namespace);
+    let mut list: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(task))
+        .collect();
+    list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0).or(e.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+    list.into_iter().map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default())).collect()
+}
+
+#[tokio::test]
+async fn a_new_task_reads_queued_at_once_and_its_events_tell_the_story() {
+    let _cluster = serial();
+    sweep().await;
+    let tenant = Tenant::new("story", "pro", 1000).await;
+    tenant.template("quick", "1s", json!({"price": {"perRun": 3}})).await;
+    tenant.template("broken", "1s", json!({"inputSchema": {"type": "no-such-type"}})).await;
+    // No controller yet: the apiserver itself shows a new task as Queued.
+    tenant.task("first", "quick", json!({})).await;
+    assert_eq!(tenant.get("first").await.phase(), Some(TaskPhase::Queued));
+    let (ok, out) = kubectl(&["get", "gt", "-n", &tenant.name, "first"], None);
+    assert!(ok && out.contains("Queued"), "{out}");
+
+    let _controller = Controller::start(&[]).await;
+    let task = tenant.wait_phase("first", TaskPhase::Completed, MINUTE).await;
+    assert_eq!(task.status.unwrap().credits_used, Some(3));
+    let events = wait_for("the completion event", MINUTE, || {
+        let name = tenant.name.clone();
+        async move { Some(task_events(&name, "first").await).filter(|e| e.iter().any(|(r, _)| r == "Completed")) }
+    })
+    .await;
+    let reasons: Vec<&str> = events.iter().map(|(r, _)| r.as_str()).collect();
+    assert!(reasons.contains(&"Started"), "every transition is an event: {events:?}");
+    assert!(events.iter().any(|(r, n)| r == "Completed" && n.contains("3 credits")), "{events:?}");
+    let (ok, out) = kubectl(&["describe", "gt", "-n", &tenant.name, "first"], None);
+    assert!(ok && out.contains("Started") && out.contains("Completed"), "kubectl describe tells the story: {out}");
+
+    // Templates say whether tasks can run from them.
+    let templates: Api<runplane::resources::GpuTemplate> = Api::namespaced(tenant.client.clone(), &tenant.name);
+    for (name, ready, reason) in [("quick", "True", "Valid"), ("broken", "False", "InvalidInputSchema")] {
+        let template = wait_for(&format!("template {name} to get its status"), MINUTE, || {
+            let templates = templates.clone();
+            async move { templates.get(name).await.ok().filter(|t| t.status.is_some()) }
+        })
+        .await;
+        let condition = template.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((condition.status.as_str(), condition.reason.as_str()), (ready, reason), "{name}");
+    }
+    let (ok, out) = kubectl(&["get", "gtpl", "-n", &tenant.name], None);
+    assert!(ok && out.contains("READY") && out.contains("False"), "{out}");
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_task_canceled_while_its_image_cannot_be_pulled_is_not_charged() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("pull", "pro", 1000).await;
+    tenant
+        .template(
+            "unpullable",
+            "forever",
+            json!({"price": {"perRun": 7, "perGpuSecond": 1},
+                   "podMetadata": {"annotations": {"e2e.runplane.dev/waiting-reason": "ImagePullBackOff"}}}),
+        )
+        .await;
+    tenant.task("stuck", "unpullable", json!({})).await;
+    wait_for("the pull error to show on the task", MINUTE, || async {
+        Some(tenant.get("stuck").await).filter(|t| {
+            t.status.as_ref().and_then(|s| s.message.as_deref()).is_some_and(|m| m.contains("ImagePullBackOff"))
+        })
+    })
+    .await;
+    tenant.cancel("stuck").await;
+    let task = tenant.wait_phase("stuck", TaskPhase::Canceled, MINUTE).await;
+    let status = task.status.unwrap();
+    assert_eq!((&status.started_at, status.credits_used), (&None, Some(0)), "it never ran: {status:?}");
+    let pods = tenant.pods();
+    wait_for("the pod to be let go", MINUTE, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("stuck").await.ok().filter(|p| p.is_none()).map(|_| ()) }
+    })
+    .await;
+    let account = tenant.account().await;
+    assert_eq!(account.status.unwrap_or_default().credits_used, 0, "nothing was charged");
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn pods_that_name_another_account_do_not_use_up_its_limit() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let victim = Tenant::with_spec(
+        "victim",
+        json!({"plan": "custom", "credits": 1000, "limits": {"concurrentTasks": 2, "requestsPerMinute": 10}}),
+    )
+    .await;
+    let attacker = Tenant::new("attacker", "pro", 1000).await;
+    attacker.template("forever", "forever", json!({})).await;
+    let decoy = attacker.task("decoy", "forever", json!({})).await;
+    attacker.wait_phase("decoy", TaskPhase::Running, MINUTE).await;
+    // Two pods in the attacker's own namespace that claim to be the victim's
+    // running tasks: one owned by the attacker's task, one owned by nothing.
+    for (name, owned) in [("spoof-owned", true), ("spoof-bare", false)] {
+        let mut pod = json!({
+            "metadata": {"name": name, "labels": {
+                "runplane.dev/task": name, "runplane.dev/account": victim.name, "runplane.dev/template": "forever"},
+                "annotations": {"e2e.runplane.dev/duration": "forever"}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "task", "image": "example.com/x:1",
+                "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+        });
+        if owned {
+            pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "runplane.dev/v1alpha1", "kind": "GpuTask",
+                "name": "decoy", "uid": decoy.metadata.uid, "controller": true}]);
+        }
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        attacker.pods().create(&PostParams::default(), &pod).await.expect("the attacker's pod");
+    }
+    victim.template("forever", "forever", json!({})).await;
+    victim.task("one", "forever", json!({})).await;
+    victim.task("two", "forever", json!({})).await;
+    for name in ["one", "two"] {
+        victim.wait_phase(name, TaskPhase::Running, MINUTE).await;
+    }
+    for name in ["spoof-owned", "spoof-bare"] {
+        let _ = attacker.pods().delete(name, &DeleteParams::default().grace_period(0)).await;
+    }
+    victim.cleanup().await;
+    attacker.cleanup().await;
+}

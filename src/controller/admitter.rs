@@ -53,6 +53,7 @@ pub struct Admitter {
     /// Queued tasks whose input matched their template's schema: task UID →
     /// the template's resourceVersion it was checked against.
     valid_input: HashMap<String, Option<String>>,
+    templates: super::templates::Written,
 }
 
 #[derive(Default)]
@@ -71,7 +72,13 @@ enum Blocked {
 
 impl Admitter {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx, inflight: HashMap::new(), writes: Arc::default(), valid_input: HashMap::new() }
+        Self {
+            ctx,
+            inflight: HashMap::new(),
+            writes: Arc::default(),
+            valid_input: HashMap::new(),
+            templates: Default::default(),
+        }
     }
 
     pub async fn run(mut self, changed: Arc<Notify>) {
@@ -99,6 +106,7 @@ impl Admitter {
         let ctx = self.ctx.clone();
         let caches = &ctx.caches;
 
+        let owners = caches.accounts_by_namespace();
         // Capacity held by existing pods and pods created but not yet seen.
         let mut cluster = ClusterUsage { quota: self.quota(&caches.nodes.state()), in_use: BTreeMap::new() };
         let mut running: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new(); // account → (pods, gpus, per-run reserved)
@@ -111,8 +119,14 @@ impl Admitter {
                 self.inflight.remove(&(namespace.to_string(), name.to_string()));
             }
             live.insert((namespace, name));
-            if holds_capacity(pod) {
-                let account = pod.labels().get(crate::resources::labels::ACCOUNT).cloned().unwrap_or_default();
+            if holds_capacity(pod) && owned_by_a_task(pod) {
+                // Counted against the account that owns the namespace, never
+                // the one the pod's labels name: a tenant who can create pods
+                // must not be able to use up another account's limits.
+                let account = match owners.get(namespace) {
+                    Some(Ok(account)) => account.name_any(),
+                    _ => String::new(),
+                };
                 add_usage(&mut running, &mut cluster, &account, &pod_gpus(pod), frozen_price(pod).per_run);
             }
         }
@@ -137,7 +151,6 @@ impl Admitter {
         }
 
         // The queue: tasks without a pod that may start now.
-        let owners = caches.accounts_by_namespace();
         let mut schemas: HashMap<(String, String), Result<InputSchema, String>> = HashMap::new();
         let mut valid_input = HashMap::new();
         let mut candidates = Vec::new();
@@ -307,6 +320,7 @@ impl Admitter {
         }
 
         super::tasks::reap_orphans(&ctx).await;
+        super::templates::sync(&ctx, &self.templates).await;
 
         // Usage for account status and metrics.
         let mut counts = BTreeMap::new();
@@ -428,16 +442,31 @@ async fn write_queued(
                 let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
                 let written = match write_status(&api, &task, &next).await {
                     Ok(_) => {
-                        // Why a task waits is on its status; only a
-                        // rejection is worth an event as well.
-                        if let Blocked::Invalid(_, message) = &blocked {
-                            let event = Event {
+                        // A rejection is always an event; the first reason
+                        // a task waits is one when transitions are recorded.
+                        let event = match &blocked {
+                            Blocked::Invalid(_, message) => Some(Event {
                                 type_: EventType::Warning,
                                 reason: "Failed".into(),
                                 note: Some(format!("InvalidInput: {message}")),
                                 action: "Admit".into(),
                                 secondary: None,
-                            };
+                            }),
+                            Blocked::Waiting(reason, message)
+                                if ctx.config.lifecycle.transition_events
+                                    && task.status.as_ref().and_then(|s| s.wait_reason).is_none() =>
+                            {
+                                Some(Event {
+                                    type_: EventType::Normal,
+                                    reason: "Queued".into(),
+                                    note: Some(format!("{}: {message}", reason.as_str())),
+                                    action: "Admit".into(),
+                                    secondary: None,
+                                })
+                            }
+                            Blocked::Waiting(..) => None,
+                        };
+                        if let Some(event) = event {
                             let _ = ctx.recorder.publish(&event, &task.object_ref(&())).await;
                         }
                         next.wait_reason.map(|r| (task.resource_version(), r))
@@ -464,6 +493,13 @@ fn wait_message(reason: WaitReason) -> String {
         WaitReason::InsufficientCredits => "the account's balance does not cover the template's per-run price".into(),
         other => other.as_str().into(),
     }
+}
+
+/// A pod of runplane's holds a GpuTask as its controller.
+fn owned_by_a_task(pod: &Pod) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "GpuTask" && o.api_version.starts_with("runplane.dev/"))
 }
 
 /// A pod holds capacity until it has finished.

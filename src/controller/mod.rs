@@ -15,6 +15,7 @@ mod caches;
 pub mod error;
 mod server;
 mod tasks;
+mod templates;
 mod webhooks;
 
 use std::collections::BTreeMap;

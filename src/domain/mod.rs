@@ -4,6 +4,7 @@
 //! - [`pod`]: the pod a task runs as.
 //! - [`lifecycle`]: what a task's pod says about the task, and what to do next.
 //! - [`credits`]: what a finished task costs.
+//! - [`template`]: whether a template can run tasks (its status).
 //!
 //! Nothing here performs I/O or reads a clock; the controller feeds it
 //! snapshots of its caches and applies what it returns.
@@ -13,6 +14,7 @@ pub mod credits;
 pub mod input;
 pub mod lifecycle;
 pub mod pod;
+pub mod template;
 pub mod webhook;
 
 /// A task's identity: namespace and name.

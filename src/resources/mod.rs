@@ -60,6 +60,8 @@ pub mod conditions {
     pub const ADMITTED: &str = "Admitted";
     /// True once the task reached a terminal phase; the reason says which.
     pub const FINISHED: &str = "Finished";
+    /// On a GpuTemplate: tasks can run from it.
+    pub const READY: &str = "Ready";
 }
 
 /// The error codes of the RunKey wire format, used on task status and over HTTP.
@@ -77,7 +79,28 @@ pub mod codes {
 
 /// Every CRD, in a stable order, as `runplane crds` prints and `crds/` holds them.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![GpuAccount::crd(), GpuTemplate::crd(), GpuTask::crd()]
+    vec![GpuAccount::crd(), GpuTemplate::crd(), with_queued_default(GpuTask::crd())]
+}
+
+/// A new GpuTask reads as Queued from the moment it is created: the
+/// apiserver applies the status default when it serves the object, so this
+/// costs no write per task (most tasks go from here straight to Running).
+fn with_queued_default(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({ "phase": TaskPhase::Queued.as_str() })));
+        }
+    }
+    crd
 }
 
 /// The CRDs as one multi-document YAML stream.

@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -20,9 +21,11 @@ pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
     namespaced,
     shortname = "gtpl",
     category = "runplane",
+    status = "GpuTemplateStatus",
     doc = "A saved GPU compute template that GpuTasks run.",
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpus"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Timeout", type_ = "integer", json_path = ".spec.timeoutSeconds", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -33,16 +36,17 @@ pub struct GpuTemplateSpec {
     pub image: String,
     /// Entrypoint of the container; the image's when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
     pub command: Vec<String>,
     /// Arguments to the entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
     pub args: Vec<String>,
     /// Environment of the container. RUNPLANE_INPUT and RUNPLANE_TASK_ID are set by runplane and cannot be overridden.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     #[x_kube(validation = kube::core::Rule::new("self.all(e, !e.name.startsWith('RUNPLANE_'))").message("environment variables starting with RUNPLANE_ are reserved"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(e, size(e.name) <= 256 && (!has(e.value) || size(e.value) <= 32768))").message("environment variable names are at most 256 characters and values at most 32768"))]
     pub env: Vec<EnvVar>,
     /// Number of GPUs each task's pod requests.
     #[serde(default = "default_gpus")]
@@ -50,27 +54,38 @@ pub struct GpuTemplateSpec {
     pub gpus: i32,
     /// Extended resource name of the GPU; the controller's --gpu-resource when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 3, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    )]
     pub gpu_resource: Option<String>,
     /// CPU request and limit of the pod, e.g. "4" or "500m".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = positive_quantity())]
     pub cpu: Option<Quantity>,
     /// Memory request and limit of the pod, e.g. "16Gi".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = positive_quantity())]
     pub memory: Option<Quantity>,
     /// Node labels the pod must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(k, size(k) <= 317 && size(self[k]) <= 63)").message("label keys are at most 317 characters and values at most 63"))]
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations of the pod, e.g. for tainted GPU nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(t, (!has(t.key) || size(t.key) <= 317) && (!has(t.value) || size(t.value) <= 63))").message("toleration keys are at most 317 characters and values at most 63"))]
     pub tolerations: Vec<Toleration>,
     /// Labels and annotations added to each task's pod.
     #[serde(default, skip_serializing_if = "PodMetadata::is_empty")]
     pub pod_metadata: PodMetadata,
     /// Service account of the pod; the namespace's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub service_account_name: Option<String>,
     /// JSON Schema (draft 2020-12) that a task's input must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +117,14 @@ pub struct GpuTemplateSpec {
     pub webhook_url: Option<String>,
 }
 
+/// A well-formed, positive resource quantity such as "500m", "4" or "16Gi".
+fn positive_quantity() -> kube::core::Rule {
+    kube::core::Rule::new(
+        "string(self).matches('^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$') && !string(self).matches('^[+]?[0.]*([eE].*|[A-Za-z]+)?$')",
+    )
+    .message("must be a positive quantity such as 500m, 4 or 16Gi")
+}
+
 fn default_gpus() -> i32 {
     1
 }
@@ -116,9 +139,13 @@ fn default_timeout() -> i64 {
 pub struct PodMetadata {
     /// Labels added to the pod (runplane's own labels win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(k, size(k) <= 317 && size(self[k]) <= 63)").message("label keys are at most 317 characters and values at most 63"))]
     pub labels: BTreeMap<String, String>,
     /// Annotations added to the pod.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(k, size(k) <= 317 && size(self[k]) <= 4096)").message("annotation keys are at most 317 characters and values at most 4096"))]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -153,4 +180,17 @@ impl GpuTemplateSpec {
     pub fn gpu_resource<'a>(&'a self, default: &'a str) -> &'a str {
         self.gpu_resource.as_deref().unwrap_or(default)
     }
+}
+
+/// What the controller found of a template.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuTemplateStatus {
+    /// Ready: whether tasks can run from this template (its inputSchema compiles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
