@@ -1,11 +1,16 @@
-//! The admission loop: on every cache change (and once a second), snapshot
-//! the caches, let [`admission::admit`] decide, create the chosen pods and
-//! record why the others wait.
+//! The admission loop: on every cache change (and once a second), update the
+//! queue with the tasks and pods that changed, let [`Queue::admit`] decide,
+//! create the chosen pods and record why new arrivals wait.
 //!
-//! Capacity in use is counted from pods that exist (from the cache) plus pods
-//! this loop created that the cache has not shown yet. After a restart the
-//! caches are fully listed before the first pass, so the count is exact and
-//! no limit can be exceeded by forgetting what an earlier process did.
+//! The queue, the pods holding capacity and the blocked tasks are an index
+//! of the caches, kept current from the tasks and pods that changed
+//! ([`Dirty`]); it is rebuilt from the whole caches after a relist, when an
+//! account or template spec changes, and every minute, so it never drifts
+//! from what the caches say. Capacity in use is counted from pods that exist
+//! plus pods this loop created that the cache has not shown yet. After a
+//! restart the caches are fully listed before the first pass, so the count
+//! is exact and no limit can be exceeded by forgetting what an earlier
+//! process did.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,19 +27,24 @@ use tokio::sync::Notify;
 
 use super::Context;
 use super::accounts::Counts;
+use super::caches::Dirty;
 use super::error::is_status;
 use super::tasks::write_status;
 use crate::domain::TaskKey;
-use crate::domain::admission::{self, AccountUsage, Candidate, ClusterUsage};
+use crate::domain::admission::{AccountUsage, Candidate, ClusterUsage, Decision, Queue};
 use crate::domain::input::InputSchema;
 use crate::domain::lifecycle::set_condition;
 use crate::domain::pod::{desired_pod, frozen_price, pod_gpus, pod_name};
-use crate::resources::{GpuTask, GpuTaskStatus, TaskPhase, WaitReason, codes, conditions};
+use crate::resources::{GpuAccount, GpuTask, GpuTaskStatus, TaskPhase, WaitReason, codes, conditions, labels};
 
 /// How long a created pod counts as in use before the cache must have shown it.
 const INFLIGHT_TTL: Duration = Duration::from_secs(120);
 /// Pod creates and status writes in flight at once.
 const PARALLEL_WRITES: usize = 32;
+/// The index is rebuilt from the whole caches at least this often.
+const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
+/// Task counts by phase (a walk over every task) are refreshed this often.
+const PHASE_COUNTS_EVERY: Duration = Duration::from_secs(5);
 
 struct Inflight {
     account: String,
@@ -43,10 +53,40 @@ struct Inflight {
     since: Instant,
 }
 
+/// What a pod that holds capacity holds, and for whom.
+struct PodUse {
+    account: String,
+    gpus: BTreeMap<String, i64>,
+    per_run: i64,
+}
+
+/// Why a task waits, or that it can never start.
+enum Blocked {
+    Waiting(WaitReason, String),
+    Invalid(i32, String),
+}
+
+/// Which accounts own which namespaces.
+type Owners = BTreeMap<String, Result<Arc<GpuAccount>, Vec<String>>>;
+
+/// Specs that the index is built from: (name, uid, generation) of every
+/// account and template. A change means a full pass.
+type Specs = (Vec<(String, Option<String>, Option<i64>)>, Vec<(String, Option<String>, Option<i64>)>);
+
 pub struct Admitter {
     ctx: Arc<Context>,
-    /// Pods created and not yet seen in the cache, by (namespace, name).
-    inflight: HashMap<(String, String), Inflight>,
+    dirty: Arc<Dirty>,
+    /// Tasks that may start as soon as capacity allows.
+    queue: Queue,
+    /// Tasks that cannot start now for a reason capacity does not change,
+    /// with their account if known.
+    blocked: HashMap<TaskKey, (Blocked, Option<String>)>,
+    /// Tasks waiting for a retry: when it is due, and their account.
+    retrying: HashMap<TaskKey, (Timestamp, Option<String>)>,
+    /// Pods that hold capacity, by namespace/name.
+    pods: HashMap<TaskKey, PodUse>,
+    /// Pods created and not yet seen in the cache.
+    inflight: HashMap<TaskKey, Inflight>,
     /// Queued statuses being written, or written and not yet seen in the
     /// cache, shared with the writes that run beside the passes.
     writes: Arc<Mutex<QueuedWrites>>,
@@ -54,6 +94,14 @@ pub struct Admitter {
     /// the template's resourceVersion it was checked against.
     valid_input: HashMap<String, Option<String>>,
     templates: super::templates::Written,
+    owners: Owners,
+    specs: Specs,
+    /// Per account, the per-run prices that its credits kept from starting
+    /// on the last pass; when that changes, its queued tasks' reasons are
+    /// checked again.
+    credit_blocked: BTreeMap<String, Vec<i64>>,
+    last_full: Option<Instant>,
+    last_phase_counts: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -64,20 +112,24 @@ struct QueuedWrites {
     written: HashMap<TaskKey, (Option<String>, WaitReason)>,
 }
 
-/// Why a task waits, or that it can never start.
-enum Blocked {
-    Waiting(WaitReason, String),
-    Invalid(i32, String),
-}
-
 impl Admitter {
-    pub fn new(ctx: Arc<Context>) -> Self {
+    pub fn new(ctx: Arc<Context>, dirty: Arc<Dirty>) -> Self {
         Self {
             ctx,
+            dirty,
+            queue: Queue::default(),
+            blocked: HashMap::new(),
+            retrying: HashMap::new(),
+            pods: HashMap::new(),
             inflight: HashMap::new(),
             writes: Arc::default(),
             valid_input: HashMap::new(),
             templates: Default::default(),
+            owners: BTreeMap::new(),
+            specs: Default::default(),
+            credit_blocked: BTreeMap::new(),
+            last_full: None,
+            last_phase_counts: None,
         }
     }
 
@@ -90,52 +142,76 @@ impl Admitter {
             }
             // Let a burst of events land before deciding; under constant
             // change, rest as long as the last pass spent deciding, so that
-            // passes over a deep queue take at most half of a core.
-            tokio::time::sleep(Duration::from_millis(5).max(last)).await;
+            // passes take at most half of a core.
+            tokio::time::sleep(Duration::from_millis(2).max(last)).await;
             let started = Instant::now();
             last = self.pass().await;
             self.ctx.metrics.admission_pass.observe(started.elapsed().as_secs_f64());
         }
     }
 
-    /// One admission pass over the whole queue. Returns the time it spent
-    /// deciding (not waiting for the API server).
+    /// One admission pass. Returns the time it spent deciding (not waiting
+    /// for the API server).
     pub async fn pass(&mut self) -> Duration {
         let started = Instant::now();
         let now = Timestamp::now();
         let ctx = self.ctx.clone();
         let caches = &ctx.caches;
 
-        let owners = caches.accounts_by_namespace();
-        // Capacity held by existing pods and pods created but not yet seen.
-        let mut cluster = ClusterUsage { quota: self.quota(&caches.nodes.state()), in_use: BTreeMap::new() };
-        let mut running: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new(); // account → (pods, gpus, per-run reserved)
-        let pods = caches.pods.state();
-        let mut live: HashSet<(&str, &str)> = HashSet::with_capacity(pods.len());
-        for pod in &pods {
-            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-            let name = pod.metadata.name.as_deref().unwrap_or_default();
-            if !self.inflight.is_empty() {
-                self.inflight.remove(&(namespace.to_string(), name.to_string()));
+        // What changed since the last pass; everything, when the index must be rebuilt.
+        let (mut dirty_tasks, dirty_pods, relisted) = self.dirty.take();
+        let specs = specs(&ctx);
+        let full = relisted || specs != self.specs || self.last_full.is_none_or(|t| t.elapsed() >= FULL_PASS_EVERY);
+        let changed_pods: Vec<Arc<Pod>> = if full {
+            self.specs = specs;
+            self.owners = caches.accounts_by_namespace();
+            self.last_full = Some(Instant::now());
+            self.queue = Queue::default();
+            self.blocked.clear();
+            self.retrying.clear();
+            self.pods.clear();
+            dirty_tasks = caches
+                .tasks
+                .state()
+                .iter()
+                .filter(|t| !t.is_terminal())
+                .map(|t| TaskKey::new(t.namespace().unwrap_or_default(), t.name_any()))
+                .collect();
+            let pods = caches.pods.state();
+            for pod in &pods {
+                self.pod_changed(&key_of(pod), Some(pod), &mut dirty_tasks);
             }
-            live.insert((namespace, name));
-            if holds_capacity(pod) && owned_by_a_task(pod) {
-                // Counted against the account that owns the namespace, never
-                // the one the pod's labels name: a tenant who can create pods
-                // must not be able to use up another account's limits.
-                let account = match owners.get(namespace) {
-                    Some(Ok(account)) => account.name_any(),
-                    _ => String::new(),
-                };
-                add_usage(&mut running, &mut cluster, &account, &pod_gpus(pod), frozen_price(pod).per_run);
+            let live: HashSet<String> = self.valid_input_keep(&dirty_tasks);
+            self.valid_input.retain(|uid, _| live.contains(uid));
+            pods
+        } else {
+            let mut changed = Vec::with_capacity(dirty_pods.len());
+            for key in &dirty_pods {
+                let pod = caches.pod(&key.namespace, &key.name);
+                self.pod_changed(key, pod.as_ref(), &mut dirty_tasks);
+                changed.extend(pod);
             }
-        }
+            changed
+        };
         self.inflight.retain(|_, f| f.since.elapsed() < INFLIGHT_TTL);
-        for (key, f) in &self.inflight {
-            live.insert((key.0.as_str(), key.1.as_str()));
-            add_usage(&mut running, &mut cluster, &f.account, &f.gpus, f.per_run);
+
+        // Retries that are due.
+        let due: Vec<TaskKey> =
+            self.retrying.iter().filter(|(_, (at, _))| *at <= now).map(|(k, _)| k.clone()).collect();
+        dirty_tasks.extend(due);
+        for key in &dirty_tasks {
+            self.task_changed(key, now);
         }
 
+        // Capacity in use, from the pods that hold it and the pods created but not yet seen.
+        let mut cluster = ClusterUsage { quota: self.quota(&caches.nodes.state()), in_use: BTreeMap::new() };
+        let mut running: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new(); // account → (pods, gpus, per-run reserved)
+        for used in self.pods.values() {
+            add_usage(&mut running, &mut cluster, &used.account, &used.gpus, used.per_run);
+        }
+        for f in self.inflight.values() {
+            add_usage(&mut running, &mut cluster, &f.account, &f.gpus, f.per_run);
+        }
         let mut usage = BTreeMap::new();
         for account in caches.accounts.state() {
             let (pods, gpus, reserved) = running.get(&account.name_any()).copied().unwrap_or_default();
@@ -150,106 +226,147 @@ impl Admitter {
             );
         }
 
-        // The queue: tasks without a pod that may start now.
-        let mut schemas: HashMap<(String, String), Result<InputSchema, String>> = HashMap::new();
-        let mut valid_input = HashMap::new();
-        let mut candidates = Vec::new();
-        let mut blocked: Vec<(Arc<GpuTask>, Blocked, Option<String>)> = Vec::new();
-        let mut by_key: HashMap<TaskKey, (Arc<GpuTask>, String)> = HashMap::new();
-        let mut phases: BTreeMap<TaskPhase, i64> = BTreeMap::new();
-        let mut queued: BTreeMap<String, i32> = BTreeMap::new();
-        for task in caches.tasks.state() {
-            *phases.entry(task.phase().unwrap_or(TaskPhase::Queued)).or_default() += 1;
-            // Most cached tasks are finished: skip them before copying anything.
-            if task.is_terminal() || task.metadata.deletion_timestamp.is_some() || task.spec.cancel {
-                continue;
-            }
-            let status = task.status.as_ref();
-            if status.is_some_and(|s| s.pod_name.is_some()) {
-                continue;
-            }
-            let namespace = task.metadata.namespace.as_deref().unwrap_or_default();
-            let attempts = status.and_then(|s| s.attempts).unwrap_or(0);
-            let name = pod_name(task.metadata.name.as_deref().unwrap_or_default(), attempts);
-            if live.contains(&(namespace, name.as_str())) {
-                continue;
-            }
-            let namespace = namespace.to_string();
-            let account = owners.get(&namespace).and_then(|o| o.as_ref().ok()).map(|a| a.name_any());
-            if let Some(account) = &account {
-                *queued.entry(account.clone()).or_default() += 1;
-            }
-            if status.and_then(|s| s.retry_at.as_ref()).is_some_and(|t| t.0 > now) {
-                continue;
-            }
-            let account = match owners.get(&namespace) {
-                None => {
-                    let why = format!("no GpuAccount lists namespace {namespace}");
-                    blocked.push((task, Blocked::Waiting(WaitReason::NoAccount, why), None));
-                    continue;
-                }
-                Some(Err(names)) => {
-                    let why = format!("namespace {namespace} is claimed by several accounts: {}", names.join(", "));
-                    blocked.push((task, Blocked::Waiting(WaitReason::NoAccount, why), None));
-                    continue;
-                }
-                Some(Ok(account)) => account.name_any(),
-            };
-            let template_name = &task.spec.template_ref.name;
-            let Some(template) = caches.template(&namespace, template_name) else {
-                let why = format!("GpuTemplate {template_name} not found in {namespace}");
-                blocked.push((task, Blocked::Waiting(WaitReason::TemplateNotFound, why), Some(account)));
-                continue;
-            };
-            // The input is immutable: check it once per template version,
-            // not on every pass over a deep queue.
-            let uid = task.metadata.uid.clone().unwrap_or_default();
-            let template_version = template.resource_version();
-            if self.valid_input.get(&uid) != Some(&template_version) {
-                let schema = schemas
-                    .entry((namespace.clone(), template_name.clone()))
-                    .or_insert_with(|| InputSchema::compile(template.spec.input_schema.as_ref()));
-                let checked = match schema {
-                    Ok(schema) => schema.check(&task.spec.input),
-                    Err(e) => Err(e.clone()),
-                };
-                if let Err(why) = checked {
-                    blocked.push((task, Blocked::Invalid(codes::INVALID_INPUT, why), Some(account)));
-                    continue;
-                }
-            }
-            valid_input.insert(uid, template_version);
-            let key = TaskKey::new(namespace, task.name_any());
-            candidates.push(Candidate {
-                key: key.clone(),
-                account: account.clone(),
-                priority: task.spec.priority,
-                created: task.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now),
-                gpus: i64::from(template.spec.gpus),
-                resource: template.spec.gpu_resource(&ctx.config.pod.gpu_resource).to_string(),
-                per_run_price: template.spec.price.per_run,
-            });
-            by_key.insert(key, (task, account));
+        let decision = self.queue.admit(&usage, &cluster);
+        let deciding = started.elapsed();
+        let failed = self.start(&decision, now).await;
+        // A task whose pod could not be created is looked at again next pass.
+        self.dirty_again(failed);
+
+        // Record why the tasks that changed wait, when that is news.
+        let mut check: HashSet<TaskKey> = dirty_tasks;
+        check.extend(self.credit_changes(&decision));
+        self.record_waiting(&check, &decision, now);
+
+        super::tasks::reap_orphans(&ctx, changed_pods).await;
+        super::templates::sync(&ctx, &self.templates).await;
+        self.report(&decision);
+        deciding
+    }
+
+    /// Updates the pods that hold capacity after `key` changed; the task it
+    /// belongs to is looked at again.
+    fn pod_changed(&mut self, key: &TaskKey, pod: Option<&Arc<Pod>>, tasks: &mut HashSet<TaskKey>) {
+        self.pods.remove(key);
+        let Some(pod) = pod else { return };
+        self.inflight.remove(key);
+        if let Some(task) = pod.labels().get(labels::TASK) {
+            tasks.insert(TaskKey::new(key.namespace.clone(), task.clone()));
         }
+        if holds_capacity(pod) && owned_by_a_task(pod) {
+            // Counted against the account that owns the namespace, never
+            // the one the pod's labels name: a tenant who can create pods
+            // must not be able to use up another account's limits.
+            let account = match self.owners.get(&key.namespace) {
+                Some(Ok(account)) => account.name_any(),
+                _ => String::new(),
+            };
+            self.pods.insert(key.clone(), PodUse { account, gpus: pod_gpus(pod), per_run: frozen_price(pod).per_run });
+        }
+    }
 
-        self.valid_input = valid_input;
-        let decision = admission::admit(candidates, &usage, &cluster);
+    /// Puts a task where it belongs now: the queue, the blocked tasks, the
+    /// retries, or nowhere (running, finished, gone).
+    fn task_changed(&mut self, key: &TaskKey, now: Timestamp) {
+        self.queue.remove(key);
+        self.blocked.remove(key);
+        self.retrying.remove(key);
+        let ctx = self.ctx.clone();
+        let caches = &ctx.caches;
+        let Some(task) = caches.tasks.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace))
+        else {
+            return;
+        };
+        if task.is_terminal() || task.metadata.deletion_timestamp.is_some() || task.spec.cancel {
+            return;
+        }
+        let status = task.status.as_ref();
+        if status.is_some_and(|s| s.pod_name.is_some()) {
+            return;
+        }
+        let attempts = status.and_then(|s| s.attempts).unwrap_or(0);
+        let pod_key = TaskKey::new(key.namespace.clone(), pod_name(&key.name, attempts));
+        if self.inflight.contains_key(&pod_key) || caches.pod(&pod_key.namespace, &pod_key.name).is_some() {
+            return;
+        }
+        let account = match self.owners.get(&key.namespace) {
+            None => {
+                let why = format!("no GpuAccount lists namespace {}", key.namespace);
+                self.blocked.insert(key.clone(), (Blocked::Waiting(WaitReason::NoAccount, why), None));
+                return;
+            }
+            Some(Err(names)) => {
+                let why = format!("namespace {} is claimed by several accounts: {}", key.namespace, names.join(", "));
+                self.blocked.insert(key.clone(), (Blocked::Waiting(WaitReason::NoAccount, why), None));
+                return;
+            }
+            Some(Ok(account)) => account.name_any(),
+        };
+        if let Some(at) = status.and_then(|s| s.retry_at.as_ref()).filter(|t| t.0 > now) {
+            self.retrying.insert(key.clone(), (at.0, Some(account)));
+            return;
+        }
+        let template_name = &task.spec.template_ref.name;
+        let Some(template) = caches.template(&key.namespace, template_name) else {
+            let why = format!("GpuTemplate {template_name} not found in {}", key.namespace);
+            self.blocked.insert(key.clone(), (Blocked::Waiting(WaitReason::TemplateNotFound, why), Some(account)));
+            return;
+        };
+        // The input is immutable: check it once per template version.
+        let uid = task.metadata.uid.clone().unwrap_or_default();
+        let template_version = template.resource_version();
+        if self.valid_input.get(&uid) != Some(&template_version) {
+            let checked = InputSchema::compile(template.spec.input_schema.as_ref())
+                .and_then(|schema| schema.check(&task.spec.input));
+            if let Err(why) = checked {
+                self.blocked.insert(key.clone(), (Blocked::Invalid(codes::INVALID_INPUT, why), Some(account)));
+                return;
+            }
+            self.valid_input.insert(uid, template_version);
+        }
+        self.queue.upsert(Candidate {
+            key: key.clone(),
+            account,
+            priority: task.spec.priority,
+            created: task.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now),
+            gpus: i64::from(template.spec.gpus),
+            resource: template.spec.gpu_resource(&ctx.config.pod.gpu_resource).to_string(),
+            per_run_price: template.spec.price.per_run,
+        });
+    }
 
-        // Start the admitted tasks.
+    /// UIDs of the tasks among `keys`, whose input checks are worth keeping.
+    fn valid_input_keep(&self, keys: &HashSet<TaskKey>) -> HashSet<String> {
+        keys.iter()
+            .filter_map(|k| {
+                self.ctx.caches.tasks.get(&kube::runtime::reflector::ObjectRef::new(&k.name).within(&k.namespace))
+            })
+            .filter_map(|t| t.metadata.uid.clone())
+            .collect()
+    }
+
+    /// Creates the pods of the admitted tasks; returns the tasks whose pod
+    /// was not created (the create failed, or the task or its template went).
+    async fn start(&mut self, decision: &Decision, now: Timestamp) -> Vec<TaskKey> {
+        let ctx = self.ctx.clone();
         let mut creates = Vec::new();
+        let mut vanished = Vec::new();
         for key in &decision.admitted {
-            let (task, account) = &by_key[key];
-            let Some(template) = caches.template(&key.namespace, &task.spec.template_ref.name) else {
+            let Some(candidate) = self.queue.remove(key) else { continue };
+            let task_ref = kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace);
+            let task = ctx.caches.tasks.get(&task_ref);
+            let template = task.as_ref().and_then(|t| ctx.caches.template(&key.namespace, &t.spec.template_ref.name));
+            let (Some(task), Some(template)) = (task, template) else {
+                vanished.push(key.clone());
                 continue;
             };
             let attempt = task.status.as_ref().and_then(|s| s.attempts).unwrap_or(0);
-            let token = ctx.config.progress_token(task);
-            let pod = desired_pod(task, &template, account, attempt, &ctx.config.pod, token.as_deref());
-            let pod_key = (key.namespace.clone(), pod.name_any());
+            let token = ctx.config.progress_token(&task);
+            let pod = desired_pod(&task, &template, &candidate.account, attempt, &ctx.config.pod, token.as_deref());
+            let pod_key = TaskKey::new(key.namespace.clone(), pod.name_any());
             self.inflight.insert(
                 pod_key.clone(),
                 Inflight {
-                    account: account.clone(),
+                    account: candidate.account.clone(),
                     gpus: pod_gpus(&pod),
                     per_run: frozen_price(&pod).per_run,
                     since: Instant::now(),
@@ -260,20 +377,19 @@ impl Admitter {
             {
                 ctx.metrics.queue_wait.observe(now.duration_since(created.0).as_secs_f64().max(0.0));
             }
-            creates.push((pod_key, pod));
+            creates.push((key.clone(), pod_key, pod));
         }
-        let deciding = started.elapsed();
         let client = ctx.client.clone();
-        let failed: Vec<(String, String)> = futures::stream::iter(creates)
-            .map(|(key, pod)| {
-                let api: Api<Pod> = Api::namespaced(client.clone(), &key.0);
+        let failed: Vec<(TaskKey, TaskKey)> = futures::stream::iter(creates)
+            .map(|(task, key, pod)| {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
                 async move {
                     match api.create(&PostParams::default(), &pod).await {
                         Ok(_) => None,
                         Err(e) if is_status(&e, 409) => None,
                         Err(error) => {
-                            tracing::warn!(pod = %key.1, namespace = %key.0, %error, "creating a task pod failed");
-                            Some(key)
+                            tracing::warn!(pod = %key.name, namespace = %key.namespace, %error, "creating a task pod failed");
+                            Some((task, key))
                         }
                     }
                 }
@@ -282,29 +398,60 @@ impl Admitter {
             .filter_map(|k| async move { k })
             .collect()
             .await;
-        ctx.metrics.admissions.inc_by((decision.admitted.len() - failed.len()) as u64);
-        for key in failed {
-            self.inflight.remove(&key);
+        ctx.metrics.admissions.inc_by((decision.admitted.len() - failed.len() - vanished.len()) as u64);
+        for (_, pod) in &failed {
+            self.inflight.remove(pod);
         }
+        failed.into_iter().map(|(task, _)| task).chain(vanished).collect()
+    }
 
-        // Record why the others wait.
-        let mut writes = Vec::new();
-        for (key, reason) in &decision.waiting {
-            let (task, account) = &by_key[key];
-            let message = wait_message(*reason);
-            writes.push((task.clone(), Blocked::Waiting(*reason, message), Some(account.clone())));
+    fn dirty_again(&mut self, tasks: Vec<TaskKey>) {
+        let now = Timestamp::now();
+        for key in tasks {
+            self.task_changed(&key, now);
         }
-        writes.extend(blocked);
+    }
+
+    /// Queued tasks of accounts whose credits now keep other shapes from
+    /// starting than on the last pass: their reasons may have changed.
+    fn credit_changes(&mut self, decision: &Decision) -> Vec<TaskKey> {
+        let now = self.queue.credit_blocked_prices(decision);
+        let mut recheck = Vec::new();
+        for account in now.keys().chain(self.credit_blocked.keys()) {
+            if now.get(account) != self.credit_blocked.get(account) {
+                recheck.extend(self.queue.keys_of(account).cloned());
+            }
+        }
+        self.credit_blocked = now;
+        recheck
+    }
+
+    /// Writes why the tasks among `keys` wait, where that is news.
+    fn record_waiting(&self, keys: &HashSet<TaskKey>, decision: &Decision, now: Timestamp) {
+        let ctx = &self.ctx;
         let mut status_writes = Vec::new();
         {
             let mut shared = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-            for (task, blocked, account) in writes {
-                let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
-                if shared.pending.contains(&key) {
+            for key in keys {
+                let (blocked, account) = if let Some(candidate) = self.queue.get(key) {
+                    let Some(reason) = self.queue.wait_reason(key, decision) else { continue };
+                    (Blocked::Waiting(reason, wait_message(reason)), Some(candidate.account.clone()))
+                } else if let Some((blocked, account)) = self.blocked.get(key) {
+                    let blocked = match blocked {
+                        Blocked::Waiting(reason, why) => Blocked::Waiting(*reason, why.clone()),
+                        Blocked::Invalid(code, why) => Blocked::Invalid(*code, why.clone()),
+                    };
+                    (blocked, account.clone())
+                } else {
+                    continue;
+                };
+                if shared.pending.contains(key) {
                     continue;
                 }
+                let task_ref = kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace);
+                let Some(task) = ctx.caches.tasks.get(&task_ref) else { continue };
                 if let Some(next) = queued_status(&shared.written, &task, &blocked, account, now) {
-                    shared.pending.insert(key);
+                    shared.pending.insert(key.clone());
                     status_writes.push((task, next, blocked));
                 }
             }
@@ -318,30 +465,47 @@ impl Admitter {
         if !status_writes.is_empty() {
             tokio::spawn(write_queued(ctx.clone(), self.writes.clone(), status_writes));
         }
+    }
 
-        super::tasks::reap_orphans(&ctx).await;
-        super::templates::sync(&ctx, &self.templates).await;
-
-        // Usage for account status and metrics.
+    /// Usage for the accounts' status and the metrics.
+    fn report(&mut self, decision: &Decision) {
+        let ctx = &self.ctx;
+        let mut queued: BTreeMap<&str, i32> =
+            self.queue.depth_by_account().into_iter().map(|(a, n)| (a, n as i32)).collect();
+        let waiting = self.blocked.values().map(|(_, a)| a).chain(self.retrying.values().map(|(_, a)| a));
+        for account in waiting.flatten() {
+            *queued.entry(account.as_str()).or_default() += 1;
+        }
         let mut counts = BTreeMap::new();
-        for account in caches.accounts.state() {
-            let name = account.name_any();
-            let (pods, gpus, _) = running.get(&name).copied().unwrap_or_default();
-            let queued = queued.get(&name).copied().unwrap_or(0);
-            counts.insert(name, Counts { running: pods as i32, queued, gpus_in_use: gpus });
+        for (name, usage) in &decision.accounts {
+            counts.insert(
+                name.clone(),
+                Counts {
+                    running: usage.running as i32,
+                    queued: queued.get(name.as_str()).copied().unwrap_or(0),
+                    gpus_in_use: usage.gpus_in_use,
+                },
+            );
         }
         ctx.accounts.counts(counts);
-        for phase in TaskPhase::ALL {
-            ctx.metrics.tasks.with_label_values(&[phase.as_str()]).set(phases.get(&phase).copied().unwrap_or(0));
-        }
-        for (resource, quota) in &cluster.quota {
+        for (resource, quota) in &decision.cluster.quota {
             ctx.metrics.gpu_quota.with_label_values(&[resource.as_str()]).set(*quota);
         }
-        for resource in cluster.quota.keys().chain(cluster.in_use.keys()) {
-            let used = cluster.in_use.get(resource).copied().unwrap_or(0);
+        for resource in decision.cluster.quota.keys().chain(decision.cluster.in_use.keys()) {
+            let used = decision.cluster.in_use.get(resource).copied().unwrap_or(0);
             ctx.metrics.gpus_in_use.with_label_values(&[resource.as_str()]).set(used);
         }
-        deciding
+        // Counting every task by phase walks the whole cache: not on every pass.
+        if self.last_phase_counts.is_none_or(|t| t.elapsed() >= PHASE_COUNTS_EVERY) {
+            self.last_phase_counts = Some(Instant::now());
+            let mut phases: BTreeMap<TaskPhase, i64> = BTreeMap::new();
+            for task in ctx.caches.tasks.state() {
+                *phases.entry(task.phase().unwrap_or(TaskPhase::Queued)).or_default() += 1;
+            }
+            for phase in TaskPhase::ALL {
+                ctx.metrics.tasks.with_label_values(&[phase.as_str()]).set(phases.get(&phase).copied().unwrap_or(0));
+            }
+        }
     }
 
     /// GPU quota by resource: the flag's, else the allocatable GPUs of Ready, schedulable nodes.
@@ -371,6 +535,38 @@ impl Admitter {
         }
         quota
     }
+}
+
+/// A pod's namespace and name.
+fn key_of(pod: &Pod) -> TaskKey {
+    TaskKey::new(pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
+}
+
+/// The specs the index depends on: every account's and template's identity and generation.
+fn specs(ctx: &Context) -> Specs {
+    let mut accounts: Vec<_> = ctx
+        .caches
+        .accounts
+        .state()
+        .iter()
+        .map(|a| (a.name_any(), a.metadata.uid.clone(), a.metadata.generation))
+        .collect();
+    accounts.sort();
+    let mut templates: Vec<_> = ctx
+        .caches
+        .templates
+        .state()
+        .iter()
+        .map(|t| {
+            (
+                format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any()),
+                t.metadata.uid.clone(),
+                t.metadata.generation,
+            )
+        })
+        .collect();
+    templates.sort();
+    (accounts, templates)
 }
 
 /// The Queued (or, for invalid input, Failed) status to write, if it

@@ -2,9 +2,9 @@
 //! the task reconciler and admission. Objects are trimmed (managed fields
 //! dropped) before they are stored, to keep memory per object small.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 
+use crate::domain::TaskKey;
 use crate::domain::pod::pod_name;
 use crate::resources::{GpuAccount, GpuTask, GpuTemplate, labels};
 
@@ -37,6 +38,43 @@ pub struct Triggers {
 
 /// Where a reflector forwards its changes.
 type Forward<K> = Option<(futures::channel::mpsc::UnboundedSender<K>, Arc<AtomicBool>)>;
+
+/// Tasks and pods that changed since admission last looked, so that a pass
+/// looks at what changed instead of every object in the caches. A relist
+/// (watch restarted from scratch) asks for a full look.
+#[derive(Default)]
+pub struct Dirty {
+    tasks: Mutex<HashSet<TaskKey>>,
+    pods: Mutex<HashSet<TaskKey>>,
+    relisted: AtomicBool,
+}
+
+/// What changed: tasks, pods (as namespace/name), and whether a cache was relisted.
+pub type Changes = (HashSet<TaskKey>, HashSet<TaskKey>, bool);
+
+impl Dirty {
+    fn mark<K: Resource>(set: &Mutex<HashSet<TaskKey>>, obj: &K) {
+        let key =
+            TaskKey::new(obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default());
+        set.lock().unwrap_or_else(PoisonError::into_inner).insert(key);
+    }
+
+    /// Takes every change recorded so far.
+    pub fn take(&self) -> Changes {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let pods = std::mem::take(&mut *self.pods.lock().unwrap_or_else(PoisonError::into_inner));
+        (tasks, pods, self.relisted.swap(false, Ordering::SeqCst))
+    }
+}
+
+/// Which of [`Dirty`]'s sets a reflector records its changes in.
+type DirtySet = fn(&Dirty) -> &Mutex<HashSet<TaskKey>>;
+
+/// What a reflector does with each event besides storing it.
+struct Hooks<K> {
+    forward: Forward<K>,
+    dirty: Option<(Arc<Dirty>, DirtySet)>,
+}
 
 fn trim<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
@@ -80,8 +118,13 @@ fn trim_pod(pod: &mut Pod) {
     }
 }
 
-/// Starts the reflectors. Every change pokes `changed`, which wakes admission.
-pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Triggers, Vec<tokio::task::JoinHandle<()>>) {
+/// Starts the reflectors. Every change pokes `changed`, which wakes
+/// admission, and task and pod changes are recorded in `dirty` for it.
+pub fn start(
+    client: Client,
+    changed: Arc<Notify>,
+    dirty: Arc<Dirty>,
+) -> (Caches, Triggers, Vec<tokio::task::JoinHandle<()>>) {
     let mut handles = Vec::new();
     let active = Arc::new(AtomicBool::new(false));
 
@@ -91,7 +134,8 @@ pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Triggers, Vec<tok
         .default_backoff()
         .modify(trim_task)
         .reflect(writer);
-    handles.push(drive("gputasks", stream, changed.clone(), Some((task_tx, active.clone()))));
+    let hooks = Hooks { forward: Some((task_tx, active.clone())), dirty: Some((dirty.clone(), |d| &d.tasks)) };
+    handles.push(drive("gputasks", stream, changed.clone(), hooks));
 
     let (pod_tx, pod_rx) = futures::channel::mpsc::unbounded();
     let (pods, writer) = reflector::store::<Pod>();
@@ -100,21 +144,22 @@ pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Triggers, Vec<tok
             .default_backoff()
             .modify(trim_pod)
             .reflect(writer);
-    handles.push(drive("pods", stream, changed.clone(), Some((pod_tx, active.clone()))));
+    let hooks = Hooks { forward: Some((pod_tx, active.clone())), dirty: Some((dirty, |d| &d.pods)) };
+    handles.push(drive("pods", stream, changed.clone(), hooks));
 
     let (accounts, writer) = reflector::store::<GpuAccount>();
     let stream = watcher(Api::<GpuAccount>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(trim)
         .reflect(writer);
-    handles.push(drive("gpuaccounts", stream, changed.clone(), None));
+    handles.push(drive("gpuaccounts", stream, changed.clone(), Hooks { forward: None, dirty: None }));
 
     let (templates, writer) = reflector::store::<GpuTemplate>();
     let stream = watcher(Api::<GpuTemplate>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(trim)
         .reflect(writer);
-    handles.push(drive("gputemplates", stream, changed.clone(), None));
+    handles.push(drive("gputemplates", stream, changed.clone(), Hooks { forward: None, dirty: None }));
 
     let (nodes, writer) = reflector::store::<Node>();
     let stream = watcher(Api::<Node>::all(client), watcher::Config::default().any_semantic())
@@ -126,26 +171,34 @@ pub fn start(client: Client, changed: Arc<Notify>) -> (Caches, Triggers, Vec<tok
             }
         })
         .reflect(writer);
-    handles.push(drive("nodes", stream, changed, None));
+    handles.push(drive("nodes", stream, changed, Hooks { forward: None, dirty: None }));
 
     (Caches { tasks, pods, accounts, templates, nodes }, Triggers { tasks: task_rx, pods: pod_rx, active }, handles)
 }
 
-fn drive<S, K>(kind: &'static str, stream: S, changed: Arc<Notify>, forward: Forward<K>) -> tokio::task::JoinHandle<()>
+fn drive<S, K>(kind: &'static str, stream: S, changed: Arc<Notify>, hooks: Hooks<K>) -> tokio::task::JoinHandle<()>
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    K: Clone + Send + Sync + 'static,
+    K: Resource + Clone + Send + Sync + 'static,
 {
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
-                    if let Some((tx, active)) = &forward
+                    if let Some((tx, active)) = &hooks.forward
                         && active.load(Ordering::Relaxed)
                         && let watcher::Event::Apply(obj) | watcher::Event::Delete(obj) = &event
                     {
                         let _ = tx.unbounded_send(obj.clone());
+                    }
+                    if let Some((dirty, set)) = &hooks.dirty {
+                        match &event {
+                            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => Dirty::mark(set(dirty), obj),
+                            // A relist replaces the store: look at everything.
+                            watcher::Event::InitDone => dirty.relisted.store(true, Ordering::SeqCst),
+                            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                        }
                     }
                     changed.notify_one();
                 }

@@ -101,7 +101,8 @@ fn ticks(period: std::time::Duration) -> impl futures::Stream<Item = ()> {
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(ControllerMetrics::new());
     let changed = Arc::new(Notify::new());
-    let (caches, triggers, _reflectors) = caches::start(client.clone(), changed.clone());
+    let dirty = Arc::new(caches::Dirty::default());
+    let (caches, triggers, _reflectors) = caches::start(client.clone(), changed.clone(), dirty.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
 
@@ -134,7 +135,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         released: Default::default(),
     });
 
-    let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone()).run(changed));
+    let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone(), dirty).run(changed));
     let deliverer = tokio::spawn(webhooks::Deliverer::new(ctx.clone(), config.webhooks.clone()).run());
     // From here on the reflectors forward changes; a full pass now and every
     // few minutes covers what happened before and anything a stream missed.

@@ -194,11 +194,11 @@ fn observe_transition(ctx: &Context, task: &GpuTask, status: &GpuTaskStatus) {
     }
 }
 
-/// Pods whose task was deleted: charge what they ran (once, by the task's
+/// Those of `pods` whose task was deleted: charge what they ran (once, by the task's
 /// UID), then let them go. Garbage collection marks them deleting when the
 /// task goes; runplane's finalizer holds them until they are accounted.
-pub async fn reap_orphans(ctx: &Context) {
-    for pod in ctx.caches.pods.state() {
+pub async fn reap_orphans(ctx: &Context, pods: impl IntoIterator<Item = Arc<Pod>>) {
+    for pod in pods {
         if !lifecycle::holds_finalizer(&pod) {
             continue;
         }
