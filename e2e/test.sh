@@ -19,6 +19,14 @@ cargo test --quiet
 # A running demo controller would act on the tests' tasks too.
 bash e2e/demo.sh stop
 
+# The control plane's binaries and the kubectl of the same release (the
+# machine's kubectl may be outside the supported version skew): everything
+# below, the scripts and the tests use that kubectl.
+log "the control plane's binaries and kubectl (built on first use; see e2e/cluster/README.md)"
+CLUSTER_BIN=$(bash e2e/cluster/build.sh | tail -n1)
+export KUBECTL="$CLUSTER_BIN/kubectl"
+export PATH="$CLUSTER_BIN:$PATH"
+
 started_cluster=false
 if ! kubectl --kubeconfig e2e/.cluster/kubeconfig get --raw /readyz >/dev/null 2>&1; then
     started_cluster=true

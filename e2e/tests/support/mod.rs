@@ -50,9 +50,24 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// The kubectl to run: `$KUBECTL`, else the one built with the running
+/// control plane (the server's own release, see e2e/cluster/build.sh; its
+/// bin directory is in the state directory's cluster.env), else `kubectl`.
+pub fn kubectl_program() -> PathBuf {
+    if let Some(program) = std::env::var_os("KUBECTL") {
+        return program.into();
+    }
+    let env = std::fs::read_to_string(kubeconfig().with_file_name("cluster.env")).unwrap_or_default();
+    env.lines()
+        .find_map(|line| line.strip_prefix("BIN="))
+        .map(|bin| Path::new(bin).join("kubectl"))
+        .filter(|kubectl| kubectl.is_file())
+        .unwrap_or_else(|| "kubectl".into())
+}
+
 /// kubectl against the local control plane; returns (success, stdout+stderr).
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+    let mut cmd = Command::new(kubectl_program());
     cmd.arg("--kubeconfig").arg(kubeconfig()).args(args);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
