@@ -9,11 +9,9 @@
 
 mod support;
 
-use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use runplane::resources::{TaskPhase, WaitReason, codes};
@@ -95,42 +93,36 @@ async fn cluster_gpu_quota_holds_across_two_accounts() {
     let _cluster = serial();
     sweep().await;
     let _controller = Controller::start(&[]).await;
-    let nodes: Api<Node> = Api::all(client().await);
-    let quota: i64 = nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("nvidia.com/gpu")?.0.parse::<i64>().ok())
-        .sum();
-    assert!(quota >= 16, "the fake nodes offer GPUs ({quota})");
-    let per_task = quota / 4; // four tasks fill the cluster
+    let nodes = node_gpus().await;
+    let quota: i64 = nodes.values().sum();
+    // A task takes a whole node (the smallest), so a wave of `wave` tasks
+    // fills the cluster.
+    let per_task = nodes.values().copied().min().unwrap_or(0);
+    assert!(per_task > 0, "the fake nodes offer GPUs: {nodes:?}");
+    let wave = quota / per_task;
     let a = Tenant::new("quota-a", "team", 100_000).await;
     let b = Tenant::new("quota-b", "team", 100_000).await;
+    // One watch of both tenants' pods: the GPUs they held together, exactly.
+    let pods = Recorder::start(Api::<Pod>::all(a.client.clone()), TASK_PODS).await;
     // A queues two cluster-fulls, then B one: B must not wait behind all of A.
-    for (tenant, count) in [(&a, 8), (&b, 4)] {
+    for (tenant, count) in [(&a, 2 * wave), (&b, wave)] {
         tenant.template("big", "3s", json!({"gpus": per_task})).await;
         for i in 0..count {
             tenant.task(&format!("t{i}"), "big", json!({})).await;
         }
     }
-    let most_gpus = Cell::new(0);
-    wait_for("12 big tasks to finish", 2 * MINUTE, || {
-        let (a, b, most_gpus) = (&a, &b, &most_gpus);
-        async move {
-            let (pa, pb) = (a.live_pods().await, b.live_pods().await);
-            most_gpus.set(most_gpus.get().max((pa.len() + pb.len()) as i64 * per_task));
-            let mut done = true;
-            for t in [a, b] {
-                done &= t.tasks().list(&ListParams::default()).await.ok()?.items.iter().all(|t| t.is_terminal());
-            }
-            done.then_some(())
-        }
-    })
-    .await;
-    let most_gpus = most_gpus.get();
+    for tenant in [&a, &b] {
+        tenant.finish_all(2 * MINUTE, 0).await;
+    }
+    let ours: Vec<_> = pods
+        .changes()
+        .into_iter()
+        .filter(|c| [&a.name, &b.name].contains(&&c.object.namespace().unwrap_or_default()))
+        .collect();
+    assert_eq!(holding(&ours), Vec::<String>::new(), "every pod ended");
+    let most_gpus = peak_held(&ours, pod_gpus);
     assert!(most_gpus <= quota, "{most_gpus} GPUs in use > quota {quota}");
+    assert_eq!(most_gpus, quota, "a wave fills the cluster");
     let mut starts = Vec::new();
     for tenant in [&a, &b] {
         let tasks = tenant.tasks().list(&ListParams::default()).await.unwrap().items;
@@ -205,6 +197,7 @@ async fn failures_map_to_error_codes() {
     let _cluster = serial();
     sweep().await;
     let _controller = Controller::start(&[]).await;
+    let biggest = node_gpus().await.values().copied().max().unwrap_or(0);
     let tenant = Tenant::new("fail", "pro", 1000).await;
     // The workload exits non-zero: Failed with its message.
     tenant
@@ -212,7 +205,7 @@ async fn failures_map_to_error_codes() {
         .await;
     tenant.task("crash", "crash", json!({})).await;
     // More GPUs than any node has: the real scheduler leaves it Pending → 50002.
-    tenant.template("huge", "1s", json!({"gpus": 9})).await;
+    tenant.template("huge", "1s", json!({"gpus": biggest + 1})).await;
     tenant.task("huge", "huge", json!({})).await;
     // The image cannot be pulled: fails fast after the start deadline.
     tenant
@@ -327,23 +320,27 @@ async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
         tenant.task(&format!("t{i}"), "work", json!({})).await;
     }
     // Kill it while the first wave runs, then again a little later.
-    let most = Cell::new(0);
-    for round in 0..2 {
-        wait_for("tasks to be running", MINUTE, || {
-            let (tenant, most) = (&tenant, &most);
-            async move {
-                let live = tenant.live_pods().await.len();
-                most.set(most.get().max(live));
-                (live > 0).then_some(())
+    for _ in 0..2 {
+        wait_for("tasks to be running", MINUTE, || async { (!tenant.live_pods().await.is_empty()).then_some(()) })
+            .await;
+        controller.kill9();
+        // While no controller runs, pods finish on their own: restart once
+        // a pod has finished that its task does not know of yet.
+        wait_for("a pod to finish while no controller runs", MINUTE, || async {
+            let pods = tenant.pods().list(&ListParams::default().labels(TASK_PODS)).await.ok()?.items;
+            let finished =
+                pods.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+            for pod in finished {
+                if !tenant.get(&pod.name_any()).await.is_terminal() {
+                    return Some(());
+                }
             }
+            None
         })
         .await;
-        controller.kill9();
-        // While no controller runs, pods finish on their own.
-        tokio::time::sleep(Duration::from_millis(1500 + 1000 * round)).await;
         controller.restart().await;
     }
-    let (tasks, most) = tenant.finish_all(2 * MINUTE, most.get()).await;
+    let (tasks, most) = tenant.finish_all(2 * MINUTE, 0).await;
     assert!(most <= 3, "{most} pods at once with a limit of 3");
     let mut total = 0;
     for t in &tasks {
@@ -446,21 +443,17 @@ async fn pod_deleted_by_someone_else_is_retried() {
 #[tokio::test]
 async fn the_real_scheduler_keeps_an_oversized_pod_pending() {
     let _cluster = serial();
-    let client = client().await;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let gpus: BTreeMap<String, String> = nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter_map(|n| Some((n.name_any(), n.status.as_ref()?.capacity.as_ref()?.get("nvidia.com/gpu")?.0.clone())))
-        .collect();
-    assert!(gpus.len() >= 2 && gpus.values().all(|g| g == "8"), "fake GPU nodes: {gpus:?}");
+    let gpus = node_gpus().await;
+    // As e2e/cluster/up.sh made them: the same number on every node.
+    let per_node = gpus.values().next().copied().unwrap_or(0);
+    assert!(gpus.len() >= 2 && per_node > 0 && gpus.values().all(|g| *g == per_node), "fake GPU nodes: {gpus:?}");
+    if let Ok(configured) = std::env::var("RUNPLANE_E2E_NODE_GPUS") {
+        assert_eq!(per_node.to_string(), configured, "fake GPU nodes: {gpus:?}");
+    }
     let tenant = Tenant::new("sched", "pro", 0).await;
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "too-big"},
-        "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "9"}}}]}
+        "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": (per_node + 1).to_string()}}}]}
     }))
     .unwrap();
     tenant.pods().create(&PostParams::default(), &pod).await.unwrap();
