@@ -70,7 +70,8 @@ async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
     sweep().await;
     let _controller = Controller::start(&[]).await;
     let tenant = Tenant::new("free", "free", 1000).await;
-    tenant.template("short", "2s", json!({})).await;
+    let (per_run, per_gpu_second) = (3, 1.25);
+    tenant.template("short", "2s", json!({"price": {"perRun": per_run, "perGpuSecond": per_gpu_second}})).await;
     for i in 0..12 {
         tenant.task(&format!("t{i}"), "short", json!({})).await;
     }
@@ -78,6 +79,21 @@ async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
     assert!(most <= 5, "{most} pods ran at once on a free account");
     assert!(most >= 2, "tasks ran in parallel ({most})");
     assert!(all_done.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    // Each task costs its run: the per-run price plus 1 GPU × its seconds,
+    // rounded up (a price of 1.25 makes whole seconds cost a fraction).
+    // processingTime is rounded to the millisecond, so the run lasted within
+    // half a millisecond of it.
+    let cost = |seconds: f64| per_run + ((per_gpu_second * seconds * 1e6).round() / 1e6).ceil() as i64;
+    for t in &all_done {
+        let s = t.status.as_ref().unwrap();
+        let (credits, seconds) = (s.credits_used.unwrap(), s.processing_time.unwrap());
+        assert!(seconds > 0.0 && credits > per_run, "{}: {credits} credits for {seconds} s", t.name_any());
+        assert!(
+            (cost(seconds - 0.0005)..=cost(seconds + 0.0005)).contains(&credits),
+            "{}: {credits} credits for {seconds} s at {per_run} + {per_gpu_second}/GPU-s",
+            t.name_any()
+        );
+    }
     // Charged exactly once each: the account's total is the sum over tasks.
     let total: i64 = all_done.iter().map(|t| t.status.as_ref().unwrap().credits_used.unwrap()).sum();
     let account = wait_for("the account to record its charges", MINUTE, || async {
