@@ -14,7 +14,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
-use runplane::resources::{TaskPhase, WaitReason, codes};
+use runplane::resources::{GpuTask, TaskPhase, WaitReason, codes};
 use serde_json::json;
 use support::*;
 
@@ -65,6 +65,63 @@ async fn sample_from_deploy_examples_completes_with_output() {
 }
 
 #[tokio::test]
+async fn metrics_describe_tasks_gpus_and_reconciles() {
+    let _cluster = serial();
+    sweep().await;
+    let controller = Controller::start(&[]).await;
+    let offered: i64 = node_gpus().await.values().sum();
+    let tenant = Tenant::new("metrics", "pro", 1000).await;
+    let gpu = [("resource", "nvidia.com/gpu")];
+    // A task holding 2 GPUs shows in the gauge while it runs.
+    tenant.template("hold", "forever", json!({"gpus": 2})).await;
+    tenant.task("hold", "hold", json!({})).await;
+    tenant.wait_phase("hold", TaskPhase::Running, MINUTE).await;
+    wait_for("runplane_gpus_in_use to be 2", MINUTE, || async {
+        (metric(&controller.metrics().await, "runplane_gpus_in_use", &gpu) == Some(2.0)).then_some(())
+    })
+    .await;
+    tenant.cancel("hold").await;
+    tenant.wait_phase("hold", TaskPhase::Canceled, MINUTE).await;
+    // One that completes.
+    tenant.template("work", "2s", json!({"price": {"perRun": 1}})).await;
+    tenant.task("work", "work", json!({})).await;
+    let run = tenant.wait_phase("work", TaskPhase::Completed, MINUTE).await.status.unwrap().processing_time.unwrap();
+    let text = wait_for("the gauges to show no GPU in use", MINUTE, || async {
+        let text = controller.metrics().await;
+        (metric(&text, "runplane_gpus_in_use", &gpu) == Some(0.0)).then_some(text)
+    })
+    .await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in:\n{text}"))
+    };
+    for phase in ["Queued", "Running", "Completed", "Failed", "Canceled"] {
+        value("runplane_tasks", &[("phase", phase)]);
+    }
+    assert!(value("runplane_tasks", &[("phase", "Completed")]) >= 1.0, "{text}");
+    assert!(value("runplane_tasks", &[("phase", "Canceled")]) >= 1.0, "{text}");
+    assert_eq!(value("runplane_gpu_quota", &gpu), offered as f64, "the quota is the nodes' GPUs: {text}");
+    assert!(value("runplane_admissions_total", &[]) >= 2.0, "{text}");
+    assert!(value("runplane_queue_wait_seconds_count", &[]) >= 2.0, "{text}");
+    assert!(value("runplane_queue_wait_seconds_sum", &[]) >= 0.0, "{text}");
+    // Both finished runs are observed: the canceled one and the 2 s one.
+    assert!(value("runplane_task_run_seconds_count", &[]) >= 2.0, "{text}");
+    assert!(value("runplane_task_run_seconds_sum", &[]) >= run, "{text}");
+    let reconciles = value("runplane_reconcile_total", &[]);
+    assert!(reconciles >= 2.0, "{text}");
+    let timed = value("runplane_reconcile_duration_seconds_count", &[]);
+    assert!(timed >= 1.0 && timed <= reconciles, "{timed} timed of {reconciles} reconciles: {text}");
+    // Only benign races (a stale write, an object already gone) may fail.
+    let errors = metric_sum(&text, "runplane_reconcile_errors_total").unwrap_or(0.0);
+    let benign = ["conflict", "not_found"]
+        .iter()
+        .filter_map(|c| metric(&text, "runplane_reconcile_errors_total", &[("category", c)]))
+        .sum::<f64>();
+    assert_eq!(errors, benign, "reconcile errors: {text}");
+    assert!(errors < reconciles, "{text}");
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
 async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
     let _cluster = serial();
     sweep().await;
@@ -101,6 +158,52 @@ async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
     })
     .await;
     assert_eq!(account.balance(), 1000 - total);
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn queued_tasks_are_not_written_while_others_finish() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::with_spec(
+        "writes",
+        json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 1, "requestsPerMinute": 60}}),
+    )
+    .await;
+    let changes = Recorder::start(tenant.tasks(), "").await;
+    tenant.template("work", "2s", json!({})).await;
+    for i in 0..5 {
+        tenant.task(&format!("t{i}"), "work", json!({})).await;
+    }
+    let (tasks, most) = tenant.finish_all(2 * MINUTE, 0).await;
+    assert_eq!(most, 1, "one at a time");
+    assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    // Every write to a task, in order. Once a task waits on its account's
+    // limit, the next write to it is its own admission: the other tasks
+    // finishing (one, two or more of them) changes nothing on it.
+    let changes = changes.changes();
+    let mut waited = 0;
+    for task in &tasks {
+        let name = task.name_any();
+        let writes: Vec<&GpuTask> = changes.iter().map(|c| &c.object).filter(|t| t.name_any() == name).collect();
+        let waiting = |t: &GpuTask| {
+            let s = t.status.as_ref();
+            t.phase() == Some(TaskPhase::Queued)
+                && s.is_some_and(|s| s.wait_reason == Some(WaitReason::AccountLimit) && s.pod_name.is_none())
+        };
+        let Some(first) = writes.iter().position(|t| waiting(t)) else { continue };
+        waited += 1;
+        let next = writes.get(first + 1).expect("the waiting task was admitted later");
+        let status = next.status.clone().unwrap_or_default();
+        assert!(
+            status.pod_name.is_some(),
+            "{name} was written while it waited (resourceVersion {:?} → {:?}): {status:?}",
+            writes[first].resource_version(),
+            next.resource_version()
+        );
+    }
+    assert!(waited >= 3, "only {waited} of 5 tasks waited on the limit of 1");
     tenant.cleanup().await;
 }
 
@@ -152,6 +255,34 @@ async fn cluster_gpu_quota_holds_across_two_accounts() {
     for tenant in [a, b] {
         tenant.cleanup().await;
     }
+}
+
+#[tokio::test]
+async fn gpu_quota_flag_caps_gpus_below_what_the_nodes_offer() {
+    let _cluster = serial();
+    sweep().await;
+    let nodes = node_gpus().await;
+    let offered: i64 = nodes.values().sum();
+    let quota = 3.min(offered - 1);
+    assert!(quota >= 1, "the nodes offer more than one GPU: {nodes:?}");
+    let controller = Controller::start(&[&format!("--gpu-quota={quota}")]).await;
+    let tenant = Tenant::with_spec(
+        "gpuquota",
+        json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 20, "requestsPerMinute": 60}}),
+    )
+    .await;
+    tenant.template("one", "2s", json!({})).await;
+    for i in 0..8 {
+        tenant.task(&format!("t{i}"), "one", json!({})).await;
+    }
+    let (tasks, _) = tenant.finish_all(2 * MINUTE, 0).await;
+    assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    let most = tenant.peak_gpus();
+    assert!(most <= quota, "{most} GPUs in use with --gpu-quota={quota}");
+    assert_eq!(most, quota, "the quota is used in full");
+    let text = controller.metrics().await;
+    assert_eq!(metric(&text, "runplane_gpu_quota", &[("resource", "nvidia.com/gpu")]), Some(quota as f64), "{text}");
+    tenant.cleanup().await;
 }
 
 #[tokio::test]
