@@ -52,7 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "starting the local control plane (built on first use; see e2e/cluster/README.md)"
+log "starting the local control plane"
 # A control plane that fails to come up (seen once: etcd stopping right after
 # its first health check) is started again once, from clean state.
 if ! bash e2e/cluster/up.sh >/dev/null; then
