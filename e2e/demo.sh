@@ -55,6 +55,8 @@ up() {
         bash "$ROOT/e2e/cluster/up.sh" >/dev/null
     fi
     export KUBECONFIG="$KUBECONFIG_PATH"
+    # The kubectl of the server's release, built with the control plane.
+    PATH="$(bash "$ROOT/e2e/cluster/build.sh" | tail -n1):$PATH"
     log "installing the CRDs"
     kubectl apply --server-side --force-conflicts -f "$ROOT/crds/runplane.yaml" >/dev/null
     kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null

@@ -14,14 +14,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 log() { printf '==> %s\n' "$*" >&2; }
 
+# The kubectl of the server's release, built with the control plane.
+KUBECTL=${KUBECTL:-$(bash e2e/cluster/build.sh | tail -n1)/kubectl}
+export KUBECTL
 KUBECONFIG_PATH=${RUNPLANE_E2E_KUBECONFIG:-$ROOT/e2e/.cluster/kubeconfig}
-if ! kubectl --kubeconfig "$KUBECONFIG_PATH" get --raw /readyz >/dev/null 2>&1; then
+if ! "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" get --raw /readyz >/dev/null 2>&1; then
     log "starting the local control plane"
     bash e2e/cluster/up.sh >/dev/null
     KUBECONFIG_PATH=$ROOT/e2e/.cluster/kubeconfig
 fi
 export RUNPLANE_E2E_KUBECONFIG=$KUBECONFIG_PATH
-k() { kubectl --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 if ! k get crd gputasks.runplane.dev >/dev/null 2>&1; then
     k apply --server-side -f crds/runplane.yaml >/dev/null
     k wait --for=condition=Established crd --all --timeout=60s >/dev/null

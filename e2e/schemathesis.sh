@@ -19,12 +19,12 @@
 #   RUNPLANE_ST_MAX_TIME    [120] seconds for the whole run
 #   RUNPLANE_ST_RESPONSE_TIME [10] seconds a response may take
 #   SCHEMATHESIS            [schemathesis or st on PATH]
-#   KUBECTL                 [kubectl]
+#   KUBECTL                 [the kubectl e2e/cluster/build.sh builds]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-KUBECTL=${KUBECTL:-kubectl}
+KUBECTL=${KUBECTL:-$(bash "$REPO/e2e/cluster/build.sh" | tail -n1)/kubectl}
 EXAMPLES=${RUNPLANE_ST_EXAMPLES:-25}
 MAX_TIME=${RUNPLANE_ST_MAX_TIME:-120}
 RESPONSE_TIME=${RUNPLANE_ST_RESPONSE_TIME:-10}

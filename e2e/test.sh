@@ -19,11 +19,32 @@ cargo test --quiet
 # A running demo controller would act on the tests' tasks too.
 bash e2e/demo.sh stop
 
+# The control plane's binaries and the kubectl of the same release (the
+# machine's kubectl may be outside the supported version skew): everything
+# below, the scripts and the tests use that kubectl.
+log "the control plane's binaries and kubectl (built on first use; see e2e/cluster/README.md)"
+CLUSTER_BIN=$(bash e2e/cluster/build.sh | tail -n1)
+export KUBECTL="$CLUSTER_BIN/kubectl"
+export PATH="$CLUSTER_BIN:$PATH"
+
+# Every process this run starts inherits this mark; e2e/listeners.sh uses it
+# to check that none of them listens beyond loopback.
+RUNPLANE_E2E_RUN="test-$$-$(date +%s)"
+export RUNPLANE_E2E_RUN
+bash e2e/tools/iproute2.sh
+LISTENERS_LOG=$(mktemp)
+watcher=""
+
 started_cluster=false
 if ! kubectl --kubeconfig e2e/.cluster/kubeconfig get --raw /readyz >/dev/null 2>&1; then
     started_cluster=true
 fi
 cleanup() {
+    if [ -n "$watcher" ]; then
+        kill "$watcher" 2>/dev/null || true
+        wait "$watcher" 2>/dev/null || true
+    fi
+    rm -f "$LISTENERS_LOG"
     if $started_cluster; then
         log "stopping the control plane"
         bash e2e/cluster/down.sh || true
@@ -31,7 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "starting the local control plane (built on first use; see e2e/cluster/README.md)"
+log "starting the local control plane"
 # A control plane that fails to come up (seen once: etcd stopping right after
 # its first health check) is started again once, from clean state.
 if ! bash e2e/cluster/up.sh >/dev/null; then
@@ -42,6 +63,11 @@ fi
 export RUNPLANE_E2E_KUBECONFIG="$ROOT/e2e/.cluster/kubeconfig"
 kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
 kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" wait --for=condition=Established crd --all --timeout=60s >/dev/null
+
+# Servers the tests start live for seconds only: look at the listening
+# sockets throughout, not only at the end.
+bash e2e/listeners.sh watch "$LISTENERS_LOG" &
+watcher=$!
 
 log "end-to-end tests: the controller"
 cargo test --test e2e
@@ -62,3 +88,10 @@ SCHEMATHESIS="$ST_VENV/bin/schemathesis" RUNPLANE_BIN="${CARGO_TARGET_DIR:-$ROOT
 
 log "the Helm chart, deploy/, its RBAC and Prometheus (e2e/install.sh)"
 bash e2e/install.sh
+
+log "nothing this run started listens beyond loopback"
+bash e2e/listeners.sh check
+kill "$watcher" 2>/dev/null || true
+wait "$watcher" 2>/dev/null || true
+watcher=""
+bash e2e/listeners.sh report "$LISTENERS_LOG"

@@ -17,7 +17,7 @@
 #   RUNPLANE_E2E_STATE [e2e/.cluster] state directory (pki, logs, pids, etcd)
 #   RUNPLANE_E2E_START_TIMEOUT [120]  seconds to wait for each step
 #   RUNPLANE_CACHE [$HOME/.cache/runplane] where build.sh keeps binaries
-#   KUBECTL [kubectl]
+#   KUBECTL [the kubectl build.sh builds, of the server's release]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +33,6 @@ NODES=${RUNPLANE_E2E_NODES:-4}
 NODE_GPUS=${RUNPLANE_E2E_NODE_GPUS:-8}
 NODE_PODS=${RUNPLANE_E2E_NODE_PODS:-1000}
 TIMEOUT=${RUNPLANE_E2E_START_TIMEOUT:-120}
-KUBECTL=${KUBECTL:-kubectl}
 
 SERVICE_CIDR=10.96.0.0/16   # virtual service IPs; nothing routes them
 SERVICE_IP=10.96.0.1        # ClusterIP of the "kubernetes" service
@@ -52,12 +51,14 @@ die() { printf '[up] ERROR: %s\n' "$*" >&2; exit 1; }
 for v in NODES NODE_GPUS NODE_PODS APISERVER_PORT ETCD_PORT ETCD_PEER_PORT KCM_PORT SCHED_PORT KWOK_PORT TIMEOUT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number, got '${!v}'"
 done
-for tool in curl openssl jq "$KUBECTL"; do
+for tool in curl openssl jq; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done
 
 BIN=$(bash "$HERE/build.sh" | tail -n1)
 [[ -x "$BIN/kube-apiserver" ]] || die "build.sh did not produce binaries"
+KUBECTL=${KUBECTL:-$BIN/kubectl}
+command -v "$KUBECTL" >/dev/null 2>&1 || die "$KUBECTL is required"
 
 mkdir -p "$PKI" "$LOGS" "$PIDS"
 exec 8>"$STATE/.lock"

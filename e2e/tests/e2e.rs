@@ -9,14 +9,12 @@
 
 mod support;
 
-use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
-use runplane::resources::{TaskPhase, WaitReason, codes};
+use runplane::resources::{GpuTask, TaskPhase, WaitReason, codes};
 use serde_json::json;
 use support::*;
 
@@ -67,12 +65,70 @@ async fn sample_from_deploy_examples_completes_with_output() {
 }
 
 #[tokio::test]
+async fn metrics_describe_tasks_gpus_and_reconciles() {
+    let _cluster = serial();
+    sweep().await;
+    let controller = Controller::start(&[]).await;
+    let offered: i64 = node_gpus().await.values().sum();
+    let tenant = Tenant::new("metrics", "pro", 1000).await;
+    let gpu = [("resource", "nvidia.com/gpu")];
+    // A task holding 2 GPUs shows in the gauge while it runs.
+    tenant.template("hold", "forever", json!({"gpus": 2})).await;
+    tenant.task("hold", "hold", json!({})).await;
+    tenant.wait_phase("hold", TaskPhase::Running, MINUTE).await;
+    wait_for("runplane_gpus_in_use to be 2", MINUTE, || async {
+        (metric(&controller.metrics().await, "runplane_gpus_in_use", &gpu) == Some(2.0)).then_some(())
+    })
+    .await;
+    tenant.cancel("hold").await;
+    tenant.wait_phase("hold", TaskPhase::Canceled, MINUTE).await;
+    // One that completes.
+    tenant.template("work", "2s", json!({"price": {"perRun": 1}})).await;
+    tenant.task("work", "work", json!({})).await;
+    let run = tenant.wait_phase("work", TaskPhase::Completed, MINUTE).await.status.unwrap().processing_time.unwrap();
+    let text = wait_for("the gauges to show no GPU in use", MINUTE, || async {
+        let text = controller.metrics().await;
+        (metric(&text, "runplane_gpus_in_use", &gpu) == Some(0.0)).then_some(text)
+    })
+    .await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in:\n{text}"))
+    };
+    for phase in ["Queued", "Running", "Completed", "Failed", "Canceled"] {
+        value("runplane_tasks", &[("phase", phase)]);
+    }
+    assert!(value("runplane_tasks", &[("phase", "Completed")]) >= 1.0, "{text}");
+    assert!(value("runplane_tasks", &[("phase", "Canceled")]) >= 1.0, "{text}");
+    assert_eq!(value("runplane_gpu_quota", &gpu), offered as f64, "the quota is the nodes' GPUs: {text}");
+    assert!(value("runplane_admissions_total", &[]) >= 2.0, "{text}");
+    assert!(value("runplane_queue_wait_seconds_count", &[]) >= 2.0, "{text}");
+    assert!(value("runplane_queue_wait_seconds_sum", &[]) >= 0.0, "{text}");
+    // Both finished runs are observed: the canceled one and the 2 s one.
+    assert!(value("runplane_task_run_seconds_count", &[]) >= 2.0, "{text}");
+    assert!(value("runplane_task_run_seconds_sum", &[]) >= run, "{text}");
+    let reconciles = value("runplane_reconcile_total", &[]);
+    assert!(reconciles >= 2.0, "{text}");
+    let timed = value("runplane_reconcile_duration_seconds_count", &[]);
+    assert!(timed >= 1.0 && timed <= reconciles, "{timed} timed of {reconciles} reconciles: {text}");
+    // Only benign races (a stale write, an object already gone) may fail.
+    let errors = metric_sum(&text, "runplane_reconcile_errors_total").unwrap_or(0.0);
+    let benign = ["conflict", "not_found"]
+        .iter()
+        .filter_map(|c| metric(&text, "runplane_reconcile_errors_total", &[("category", c)]))
+        .sum::<f64>();
+    assert_eq!(errors, benign, "reconcile errors: {text}");
+    assert!(errors < reconciles, "{text}");
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
 async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
     let _cluster = serial();
     sweep().await;
     let _controller = Controller::start(&[]).await;
     let tenant = Tenant::new("free", "free", 1000).await;
-    tenant.template("short", "2s", json!({})).await;
+    let (per_run, per_gpu_second) = (3, 1.25);
+    tenant.template("short", "2s", json!({"price": {"perRun": per_run, "perGpuSecond": per_gpu_second}})).await;
     for i in 0..12 {
         tenant.task(&format!("t{i}"), "short", json!({})).await;
     }
@@ -80,6 +136,21 @@ async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
     assert!(most <= 5, "{most} pods ran at once on a free account");
     assert!(most >= 2, "tasks ran in parallel ({most})");
     assert!(all_done.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    // Each task costs its run: the per-run price plus 1 GPU × its seconds,
+    // rounded up (a price of 1.25 makes whole seconds cost a fraction).
+    // processingTime is rounded to the millisecond, so the run lasted within
+    // half a millisecond of it.
+    let cost = |seconds: f64| per_run + ((per_gpu_second * seconds * 1e6).round() / 1e6).ceil() as i64;
+    for t in &all_done {
+        let s = t.status.as_ref().unwrap();
+        let (credits, seconds) = (s.credits_used.unwrap(), s.processing_time.unwrap());
+        assert!(seconds > 0.0 && credits > per_run, "{}: {credits} credits for {seconds} s", t.name_any());
+        assert!(
+            (cost(seconds - 0.0005)..=cost(seconds + 0.0005)).contains(&credits),
+            "{}: {credits} credits for {seconds} s at {per_run} + {per_gpu_second}/GPU-s",
+            t.name_any()
+        );
+    }
     // Charged exactly once each: the account's total is the sum over tasks.
     let total: i64 = all_done.iter().map(|t| t.status.as_ref().unwrap().credits_used.unwrap()).sum();
     let account = wait_for("the account to record its charges", MINUTE, || async {
@@ -91,46 +162,86 @@ async fn twelve_tasks_on_a_free_account_never_run_more_than_five_at_once() {
 }
 
 #[tokio::test]
+async fn queued_tasks_are_not_written_while_others_finish() {
+    let _cluster = serial();
+    sweep().await;
+    let _controller = Controller::start(&[]).await;
+    let tenant = Tenant::with_spec(
+        "writes",
+        json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 1, "requestsPerMinute": 60}}),
+    )
+    .await;
+    let changes = Recorder::start(tenant.tasks(), "").await;
+    tenant.template("work", "2s", json!({})).await;
+    for i in 0..5 {
+        tenant.task(&format!("t{i}"), "work", json!({})).await;
+    }
+    let (tasks, most) = tenant.finish_all(2 * MINUTE, 0).await;
+    assert_eq!(most, 1, "one at a time");
+    assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    // Every write to a task, in order. Once a task waits on its account's
+    // limit, the next write to it is its own admission: the other tasks
+    // finishing (one, two or more of them) changes nothing on it.
+    let changes = changes.changes();
+    let mut waited = 0;
+    for task in &tasks {
+        let name = task.name_any();
+        let writes: Vec<&GpuTask> = changes.iter().map(|c| &c.object).filter(|t| t.name_any() == name).collect();
+        let waiting = |t: &GpuTask| {
+            let s = t.status.as_ref();
+            t.phase() == Some(TaskPhase::Queued)
+                && s.is_some_and(|s| s.wait_reason == Some(WaitReason::AccountLimit) && s.pod_name.is_none())
+        };
+        let Some(first) = writes.iter().position(|t| waiting(t)) else { continue };
+        waited += 1;
+        let next = writes.get(first + 1).expect("the waiting task was admitted later");
+        let status = next.status.clone().unwrap_or_default();
+        assert!(
+            status.pod_name.is_some(),
+            "{name} was written while it waited (resourceVersion {:?} → {:?}): {status:?}",
+            writes[first].resource_version(),
+            next.resource_version()
+        );
+    }
+    assert!(waited >= 3, "only {waited} of 5 tasks waited on the limit of 1");
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
 async fn cluster_gpu_quota_holds_across_two_accounts() {
     let _cluster = serial();
     sweep().await;
     let _controller = Controller::start(&[]).await;
-    let nodes: Api<Node> = Api::all(client().await);
-    let quota: i64 = nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("nvidia.com/gpu")?.0.parse::<i64>().ok())
-        .sum();
-    assert!(quota >= 16, "the fake nodes offer GPUs ({quota})");
-    let per_task = quota / 4; // four tasks fill the cluster
+    let nodes = node_gpus().await;
+    let quota: i64 = nodes.values().sum();
+    // A task takes a whole node (the smallest), so a wave of `wave` tasks
+    // fills the cluster.
+    let per_task = nodes.values().copied().min().unwrap_or(0);
+    assert!(per_task > 0, "the fake nodes offer GPUs: {nodes:?}");
+    let wave = quota / per_task;
     let a = Tenant::new("quota-a", "team", 100_000).await;
     let b = Tenant::new("quota-b", "team", 100_000).await;
+    // One watch of both tenants' pods: the GPUs they held together, exactly.
+    let pods = Recorder::start(Api::<Pod>::all(a.client.clone()), TASK_PODS).await;
     // A queues two cluster-fulls, then B one: B must not wait behind all of A.
-    for (tenant, count) in [(&a, 8), (&b, 4)] {
+    for (tenant, count) in [(&a, 2 * wave), (&b, wave)] {
         tenant.template("big", "3s", json!({"gpus": per_task})).await;
         for i in 0..count {
             tenant.task(&format!("t{i}"), "big", json!({})).await;
         }
     }
-    let most_gpus = Cell::new(0);
-    wait_for("12 big tasks to finish", 2 * MINUTE, || {
-        let (a, b, most_gpus) = (&a, &b, &most_gpus);
-        async move {
-            let (pa, pb) = (a.live_pods().await, b.live_pods().await);
-            most_gpus.set(most_gpus.get().max((pa.len() + pb.len()) as i64 * per_task));
-            let mut done = true;
-            for t in [a, b] {
-                done &= t.tasks().list(&ListParams::default()).await.ok()?.items.iter().all(|t| t.is_terminal());
-            }
-            done.then_some(())
-        }
-    })
-    .await;
-    let most_gpus = most_gpus.get();
+    for tenant in [&a, &b] {
+        tenant.finish_all(2 * MINUTE, 0).await;
+    }
+    let ours: Vec<_> = pods
+        .changes()
+        .into_iter()
+        .filter(|c| [&a.name, &b.name].contains(&&c.object.namespace().unwrap_or_default()))
+        .collect();
+    assert_eq!(holding(&ours), Vec::<String>::new(), "every pod ended");
+    let most_gpus = peak_held(&ours, pod_gpus);
     assert!(most_gpus <= quota, "{most_gpus} GPUs in use > quota {quota}");
+    assert_eq!(most_gpus, quota, "a wave fills the cluster");
     let mut starts = Vec::new();
     for tenant in [&a, &b] {
         let tasks = tenant.tasks().list(&ListParams::default()).await.unwrap().items;
@@ -144,6 +255,34 @@ async fn cluster_gpu_quota_holds_across_two_accounts() {
     for tenant in [a, b] {
         tenant.cleanup().await;
     }
+}
+
+#[tokio::test]
+async fn gpu_quota_flag_caps_gpus_below_what_the_nodes_offer() {
+    let _cluster = serial();
+    sweep().await;
+    let nodes = node_gpus().await;
+    let offered: i64 = nodes.values().sum();
+    let quota = 3.min(offered - 1);
+    assert!(quota >= 1, "the nodes offer more than one GPU: {nodes:?}");
+    let controller = Controller::start(&[&format!("--gpu-quota={quota}")]).await;
+    let tenant = Tenant::with_spec(
+        "gpuquota",
+        json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 20, "requestsPerMinute": 60}}),
+    )
+    .await;
+    tenant.template("one", "2s", json!({})).await;
+    for i in 0..8 {
+        tenant.task(&format!("t{i}"), "one", json!({})).await;
+    }
+    let (tasks, _) = tenant.finish_all(2 * MINUTE, 0).await;
+    assert!(tasks.iter().all(|t| t.phase() == Some(TaskPhase::Completed)));
+    let most = tenant.peak_gpus();
+    assert!(most <= quota, "{most} GPUs in use with --gpu-quota={quota}");
+    assert_eq!(most, quota, "the quota is used in full");
+    let text = controller.metrics().await;
+    assert_eq!(metric(&text, "runplane_gpu_quota", &[("resource", "nvidia.com/gpu")]), Some(quota as f64), "{text}");
+    tenant.cleanup().await;
 }
 
 #[tokio::test]
@@ -205,6 +344,7 @@ async fn failures_map_to_error_codes() {
     let _cluster = serial();
     sweep().await;
     let _controller = Controller::start(&[]).await;
+    let biggest = node_gpus().await.values().copied().max().unwrap_or(0);
     let tenant = Tenant::new("fail", "pro", 1000).await;
     // The workload exits non-zero: Failed with its message.
     tenant
@@ -212,7 +352,7 @@ async fn failures_map_to_error_codes() {
         .await;
     tenant.task("crash", "crash", json!({})).await;
     // More GPUs than any node has: the real scheduler leaves it Pending → 50002.
-    tenant.template("huge", "1s", json!({"gpus": 9})).await;
+    tenant.template("huge", "1s", json!({"gpus": biggest + 1})).await;
     tenant.task("huge", "huge", json!({})).await;
     // The image cannot be pulled: fails fast after the start deadline.
     tenant
@@ -327,23 +467,27 @@ async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
         tenant.task(&format!("t{i}"), "work", json!({})).await;
     }
     // Kill it while the first wave runs, then again a little later.
-    let most = Cell::new(0);
-    for round in 0..2 {
-        wait_for("tasks to be running", MINUTE, || {
-            let (tenant, most) = (&tenant, &most);
-            async move {
-                let live = tenant.live_pods().await.len();
-                most.set(most.get().max(live));
-                (live > 0).then_some(())
+    for _ in 0..2 {
+        wait_for("tasks to be running", MINUTE, || async { (!tenant.live_pods().await.is_empty()).then_some(()) })
+            .await;
+        controller.kill9();
+        // While no controller runs, pods finish on their own: restart once
+        // a pod has finished that its task does not know of yet.
+        wait_for("a pod to finish while no controller runs", MINUTE, || async {
+            let pods = tenant.pods().list(&ListParams::default().labels(TASK_PODS)).await.ok()?.items;
+            let finished =
+                pods.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+            for pod in finished {
+                if !tenant.get(&pod.name_any()).await.is_terminal() {
+                    return Some(());
+                }
             }
+            None
         })
         .await;
-        controller.kill9();
-        // While no controller runs, pods finish on their own.
-        tokio::time::sleep(Duration::from_millis(1500 + 1000 * round)).await;
         controller.restart().await;
     }
-    let (tasks, most) = tenant.finish_all(2 * MINUTE, most.get()).await;
+    let (tasks, most) = tenant.finish_all(2 * MINUTE, 0).await;
     assert!(most <= 3, "{most} pods at once with a limit of 3");
     let mut total = 0;
     for t in &tasks {
@@ -446,21 +590,17 @@ async fn pod_deleted_by_someone_else_is_retried() {
 #[tokio::test]
 async fn the_real_scheduler_keeps_an_oversized_pod_pending() {
     let _cluster = serial();
-    let client = client().await;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let gpus: BTreeMap<String, String> = nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter_map(|n| Some((n.name_any(), n.status.as_ref()?.capacity.as_ref()?.get("nvidia.com/gpu")?.0.clone())))
-        .collect();
-    assert!(gpus.len() >= 2 && gpus.values().all(|g| g == "8"), "fake GPU nodes: {gpus:?}");
+    let gpus = node_gpus().await;
+    // As e2e/cluster/up.sh made them: the same number on every node.
+    let per_node = gpus.values().next().copied().unwrap_or(0);
+    assert!(gpus.len() >= 2 && per_node > 0 && gpus.values().all(|g| *g == per_node), "fake GPU nodes: {gpus:?}");
+    if let Ok(configured) = std::env::var("RUNPLANE_E2E_NODE_GPUS") {
+        assert_eq!(per_node.to_string(), configured, "fake GPU nodes: {gpus:?}");
+    }
     let tenant = Tenant::new("sched", "pro", 0).await;
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "too-big"},
-        "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "9"}}}]}
+        "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": (per_node + 1).to_string()}}}]}
     }))
     .unwrap();
     tenant.pods().create(&PostParams::default(), &pod).await.unwrap();

@@ -7,17 +7,21 @@
 
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Debug;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
 use runplane::resources::{GpuAccount, GpuTask, GpuTemplate, TaskPhase};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -50,9 +54,24 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// The kubectl to run: `$KUBECTL`, else the one built with the running
+/// control plane (the server's own release, see e2e/cluster/build.sh; its
+/// bin directory is in the state directory's cluster.env), else `kubectl`.
+pub fn kubectl_program() -> PathBuf {
+    if let Some(program) = std::env::var_os("KUBECTL") {
+        return program.into();
+    }
+    let env = std::fs::read_to_string(kubeconfig().with_file_name("cluster.env")).unwrap_or_default();
+    env.lines()
+        .find_map(|line| line.strip_prefix("BIN="))
+        .map(|bin| Path::new(bin).join("kubectl"))
+        .filter(|kubectl| kubectl.is_file())
+        .unwrap_or_else(|| "kubectl".into())
+}
+
 /// kubectl against the local control plane; returns (success, stdout+stderr).
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+    let mut cmd = Command::new(kubectl_program());
     cmd.arg("--kubeconfig").arg(kubeconfig()).args(args);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -200,6 +219,8 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
 pub struct Tenant {
     pub client: Client,
     pub name: String,
+    /// Every change to the tenant's task pods since the namespace was made.
+    pub pod_changes: Recorder<Pod>,
 }
 
 impl Tenant {
@@ -215,6 +236,7 @@ impl Tenant {
             serde_json::from_value(json!({"metadata": {"name": name, "labels": {"runplane.dev/e2e": "true"}}}))
                 .unwrap();
         namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
+        let pod_changes = Recorder::start(Api::namespaced(client.clone(), &name), TASK_PODS).await;
         spec["namespaces"] = json!([name]);
         spec["email"] = json!(format!("{name}@example.com"));
         let account: GpuAccount =
@@ -226,7 +248,7 @@ impl Tenant {
             sa.get_opt("default").await.ok().flatten()
         })
         .await;
-        Self { client, name }
+        Self { client, name, pod_changes }
     }
 
     pub fn tasks(&self) -> Api<GpuTask> {
@@ -304,21 +326,36 @@ impl Tenant {
             .collect()
     }
 
-    /// Waits until every task of the tenant has finished, sampling how many
-    /// of its pods held capacity at once. Returns the tasks and that peak;
-    /// `peak` carries a peak seen earlier into the count.
+    /// Waits until every task of the tenant has finished and the watch of its
+    /// pods has seen every pod end. Returns the tasks and the most pods that
+    /// held capacity at once since the tenant was made (exact, see
+    /// [`peak_held`]), or `peak` if that is more.
     pub async fn finish_all(&self, timeout: Duration, peak: usize) -> (Vec<GpuTask>, usize) {
-        let most = std::cell::Cell::new(peak);
-        let tasks = wait_for("every task to finish", timeout, || {
-            let most = &most;
-            async move {
-                most.set(most.get().max(self.live_pods().await.len()));
-                let tasks = self.tasks().list(&ListParams::default()).await.ok()?.items;
-                tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
-            }
+        let tasks = wait_for("every task to finish", timeout, || async {
+            let tasks = self.tasks().list(&ListParams::default()).await.ok()?.items;
+            tasks.iter().all(|t| t.is_terminal()).then_some(tasks)
         })
         .await;
-        (tasks, most.get())
+        self.wait_pods_ended(timeout).await;
+        (tasks, peak.max(self.peak_pods() as usize))
+    }
+
+    /// Waits until the watch of the tenant's pods has seen each of them end.
+    pub async fn wait_pods_ended(&self, timeout: Duration) {
+        wait_for("the watch to see every task pod end", timeout, || async {
+            holding(&self.pod_changes.changes()).is_empty().then_some(())
+        })
+        .await;
+    }
+
+    /// The most task pods of the tenant that held capacity at once so far.
+    pub fn peak_pods(&self) -> i64 {
+        peak_held(&self.pod_changes.changes(), |_| 1)
+    }
+
+    /// The most GPUs that the tenant's task pods held at once so far.
+    pub fn peak_gpus(&self) -> i64 {
+        peak_held(&self.pod_changes.changes(), pod_gpus)
     }
 
     /// Deletes the tenant's tasks (the controller lets their pods go), then
@@ -335,6 +372,197 @@ impl Tenant {
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
         let _ = Api::<GpuAccount>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
     }
+}
+
+/// The label selector of the pods runplane makes for tasks.
+pub const TASK_PODS: &str = "runplane.dev/task";
+
+/// One change seen by a [`Recorder`]: the object as it was after it.
+#[derive(Clone, Debug)]
+pub struct Change<K> {
+    pub object: K,
+    pub deleted: bool,
+}
+
+/// Records every change to the objects one watch selects, in the API
+/// server's order: one list, then one watch from the list's
+/// resourceVersion, resumed from the last version seen when the connection
+/// ends, so that no change is missed (unlike polling with LIST, which misses
+/// what lasts less than the interval). Stops when dropped.
+pub struct Recorder<K> {
+    changes: Arc<Mutex<Vec<Change<K>>>>,
+    broken: Arc<Mutex<Option<String>>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Recorder<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Starts recording the objects of `api` that match `labels` ("" for all);
+    /// those that exist already are recorded first, as they are.
+    pub async fn start(api: Api<K>, labels: &str) -> Self {
+        let mut lp = ListParams::default();
+        let mut wp = WatchParams::default().timeout(60);
+        if !labels.is_empty() {
+            lp = lp.labels(labels);
+            wp = wp.labels(labels);
+        }
+        let list = api.list(&lp).await.expect("the list that starts a watch");
+        let mut version = list.metadata.resource_version.clone().expect("a list has a resourceVersion");
+        let initial: Vec<Change<K>> = list.items.into_iter().map(|object| Change { object, deleted: false }).collect();
+        let changes = Arc::new(Mutex::new(initial));
+        let broken = Arc::new(Mutex::new(None));
+        let (sink, failure) = (changes.clone(), broken.clone());
+        let watch = tokio::spawn(async move {
+            let fail = |why: String| *failure.lock().unwrap() = Some(why);
+            loop {
+                let stream = match api.watch(&wp, &version).await {
+                    Ok(stream) => stream,
+                    Err(kube::Error::Api(status)) => return fail(format!("the watch was refused: {status:?}")),
+                    Err(_) => {
+                        // Not connected (yet): try again from the same version.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    let (object, deleted) = match event {
+                        Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => (o, false),
+                        Ok(WatchEvent::Deleted(o)) => (o, true),
+                        Ok(WatchEvent::Bookmark(b)) => {
+                            version = b.metadata.resource_version;
+                            continue;
+                        }
+                        // 410 Gone: changes since `version` are lost to this watch.
+                        Ok(WatchEvent::Error(status)) => return fail(format!("the watch failed: {status:?}")),
+                        Err(_) => break,
+                    };
+                    version = object.meta().resource_version.clone().unwrap_or(version);
+                    sink.lock().unwrap().push(Change { object, deleted });
+                }
+            }
+        });
+        Self { changes, broken, watch }
+    }
+
+    /// The changes recorded so far, oldest first.
+    pub fn changes(&self) -> Vec<Change<K>> {
+        if let Some(why) = self.broken.lock().unwrap().as_ref() {
+            panic!("the recording is incomplete: {why}");
+        }
+        self.changes.lock().unwrap().clone()
+    }
+}
+
+impl<K> Drop for Recorder<K> {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// nvidia.com/gpu a pod's containers ask for.
+pub fn pod_gpus(pod: &Pod) -> i64 {
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    containers
+        .iter()
+        .filter_map(|c| {
+            let resources = c.resources.as_ref()?;
+            let gpus = resources.limits.as_ref().and_then(|l| l.get("nvidia.com/gpu"));
+            gpus.or_else(|| resources.requests.as_ref()?.get("nvidia.com/gpu"))?.0.parse::<i64>().ok()
+        })
+        .sum()
+}
+
+fn pod_finished(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// Replays recorded pod changes: a pod holds capacity from its creation
+/// until it first reaches Succeeded or Failed or is deleted, the way the
+/// controller counts it. Calls `seen` after each change with the pods then
+/// holding capacity (by UID).
+fn replay(changes: &[Change<Pod>], mut seen: impl FnMut(&HashMap<String, &Pod>)) {
+    let mut holding: HashMap<String, &Pod> = HashMap::new();
+    let mut ended: HashSet<String> = HashSet::new();
+    for change in changes {
+        let uid = change.object.uid().unwrap_or_default();
+        if change.deleted || pod_finished(&change.object) {
+            holding.remove(&uid);
+            ended.insert(uid);
+        } else if !ended.contains(&uid) {
+            holding.insert(uid, &change.object);
+        }
+        seen(&holding);
+    }
+}
+
+/// The most `weight` (1 per pod, or [`pod_gpus`]) that pods held at once,
+/// over every state the recorded changes went through. Exact: each change is
+/// one step of the API server's history.
+pub fn peak_held(changes: &[Change<Pod>], weight: impl Fn(&Pod) -> i64) -> i64 {
+    let mut peak = 0;
+    replay(changes, |holding| peak = peak.max(holding.values().map(|p| weight(p)).sum()));
+    peak
+}
+
+/// Names of the pods that hold capacity after the recorded changes.
+pub fn holding(changes: &[Change<Pod>]) -> Vec<String> {
+    let mut names = Vec::new();
+    replay(changes, |holding| names = holding.values().map(|p| p.name_any()).collect());
+    names
+}
+
+/// Allocatable nvidia.com/gpu of each node: what the controller's default
+/// GPU quota adds up.
+pub async fn node_gpus() -> BTreeMap<String, i64> {
+    Api::<Node>::all(client().await)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|n| {
+            let gpus = n.status.as_ref()?.allocatable.as_ref()?.get("nvidia.com/gpu")?.0.parse::<i64>().ok()?;
+            Some((n.name_any(), gpus))
+        })
+        .collect()
+}
+
+/// The value of one series in Prometheus' text format, e.g.
+/// `metric(&text, "runplane_tasks", &[("phase", "Completed")])`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    want.sort();
+    series(text).find(|(n, l, _)| n == name && *l == want).map(|(_, _, v)| v)
+}
+
+/// The sum of every series of `name` (all label values); None if it has none.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    series(text).filter(|(n, _, _)| n == name).map(|(_, _, v)| v).reduce(|a, b| a + b)
+}
+
+/// (name, sorted labels, value) of each sample line.
+fn series(text: &str) -> impl Iterator<Item = (String, Vec<(String, String)>, f64)> + '_ {
+    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let value = value.parse::<f64>().ok()?;
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        let mut pairs: Vec<(String, String)> = labels
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once("=\"")?;
+                Some((k.trim_start_matches(',').to_string(), v.trim_end_matches('"').to_string()))
+            })
+            .collect();
+        pairs.sort();
+        Some((name.to_string(), pairs, value))
+    })
 }
 
 /// Removes what failed tests left behind (their tasks, namespaces, accounts).
