@@ -86,9 +86,13 @@ async fn metrics_describe_tasks_gpus_and_reconciles() {
     tenant.template("work", "2s", json!({"price": {"perRun": 1}})).await;
     tenant.task("work", "work", json!({})).await;
     let run = tenant.wait_phase("work", TaskPhase::Completed, MINUTE).await.status.unwrap().processing_time.unwrap();
-    let text = wait_for("the gauges to show no GPU in use", MINUTE, || async {
+    // Counts by phase are refreshed every second, not on every change.
+    let text = wait_for("the gauges to show no GPU in use and the finished tasks", MINUTE, || async {
         let text = controller.metrics().await;
-        (metric(&text, "runplane_gpus_in_use", &gpu) == Some(0.0)).then_some(text)
+        let finished = ["Completed", "Canceled"]
+            .iter()
+            .all(|p| metric(&text, "runplane_tasks", &[("phase", p)]).is_some_and(|n| n >= 1.0));
+        (metric(&text, "runplane_gpus_in_use", &gpu) == Some(0.0) && finished).then_some(text)
     })
     .await;
     let value = |name: &str, labels: &[(&str, &str)]| {

@@ -44,7 +44,7 @@ const PARALLEL_WRITES: usize = 32;
 /// The index is rebuilt from the whole caches at least this often.
 const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
 /// Task counts by phase (a walk over every task) are refreshed this often.
-const PHASE_COUNTS_EVERY: Duration = Duration::from_secs(5);
+const PHASE_COUNTS_EVERY: Duration = Duration::from_secs(1);
 
 struct Inflight {
     account: String,
