@@ -109,67 +109,95 @@ mod tests {
         use super::super::*;
         use proptest::prelude::*;
 
-        /// One reconcile of a finished task: charge, then write the task's
-        /// terminal status; the controller may die after either step (or
-        /// before both) and a later reconcile repeats what was not recorded.
+        /// Where a reconcile of a finished task stops: it writes the task's
+        /// terminal status (which records what the task costs), charges the
+        /// account what that status records, then releases the pod's
+        /// finalizer. The controller may die after any step, and a status
+        /// write may lose to a conflict (then the cost is computed again,
+        /// later, and may differ).
+        #[derive(Clone, Copy, Debug)]
+        enum Stop {
+            StatusConflict,
+            AfterStatus,
+            AfterCharge,
+            Done,
+        }
+
         #[derive(Clone, Debug)]
         enum Step {
             Reconcile {
                 task: usize,
-                crash_after_charge: bool,
+                stop: Stop,
             },
-            /// Other accounts' charges pushing this one's UIDs out of the window.
+            /// Other tasks' charges to the account (fewer than the window in a run).
             Churn(usize),
         }
 
         fn step(tasks: usize) -> impl Strategy<Value = Step> {
+            let stop = prop_oneof![
+                Just(Stop::StatusConflict),
+                Just(Stop::AfterStatus),
+                Just(Stop::AfterCharge),
+                Just(Stop::Done)
+            ];
             prop_oneof![
-                4 => (0..tasks, any::<bool>()).prop_map(|(task, crash_after_charge)| Step::Reconcile { task, crash_after_charge }),
-                // At most ~400 other charges in a whole run: within the 512-UID window.
+                4 => (0..tasks, stop).prop_map(|(task, stop)| Step::Reconcile { task, stop }),
                 1 => (0usize..3).prop_map(Step::Churn),
             ]
         }
 
         proptest! {
             #[test]
-            fn every_task_is_charged_exactly_once(
-                credits in prop::collection::vec(1i64..100, 1..12),
+            fn every_task_is_charged_exactly_what_its_status_records(
+                base in prop::collection::vec(1i64..100, 1..12),
                 steps in prop::collection::vec(step(12), 1..200),
             ) {
-                let n = credits.len();
+                let n = base.len();
                 let mut account = GpuAccountStatus::default();
-                let mut recorded = vec![false; n]; // the task's terminal status was written
+                let mut recorded: Vec<Option<i64>> = vec![None; n]; // creditsUsed on the task's status
+                let mut released = vec![false; n]; // the pod's finalizer is gone
+                let mut looks = vec![0i64; n];
+                let mut reconcile = |account: &mut GpuAccountStatus, task: usize, stop: Stop, recorded: &mut Vec<Option<i64>>, released: &mut Vec<bool>| {
+                    if released[task] {
+                        return; // accounted: a finished task's pod is never charged again
+                    }
+                    if recorded[task].is_none() {
+                        // Each look computes the cost anew (the task ran a little longer).
+                        looks[task] += 1;
+                        if matches!(stop, Stop::StatusConflict) {
+                            return;
+                        }
+                        recorded[task] = Some(base[task] + looks[task]);
+                        if matches!(stop, Stop::AfterStatus) {
+                            return;
+                        }
+                    }
+                    let credits = recorded[task].expect("recorded above");
+                    apply_charges(account, &[(format!("uid-{task}"), credits)], 512);
+                    if matches!(stop, Stop::AfterCharge) {
+                        return;
+                    }
+                    released[task] = true;
+                };
                 for step in steps {
                     match step {
-                        Step::Reconcile { task, crash_after_charge } => {
-                            let task = task % n;
-                            if recorded[task] {
-                                continue; // a finished, recorded task is never charged again
-                            }
-                            apply_charges(&mut account, &[(format!("uid-{task}"), credits[task])], 512);
-                            if !crash_after_charge {
-                                recorded[task] = true;
-                            }
-                        }
-                        // Unrelated charges between a crash and the retry (fewer than the window).
+                        Step::Reconcile { task, stop } => reconcile(&mut account, task % n, stop, &mut recorded, &mut released),
                         Step::Churn(k) => {
                             let others: Vec<_> = (0..k).map(|i| (format!("other-{}-{i}", account.recent_charges.len()), 0)).collect();
                             apply_charges(&mut account, &others, 512);
                         }
                     }
                 }
-                // Finish everything that is left, as the next reconciles would.
+                // The next reconciles finish whatever is left.
                 for task in 0..n {
-                    if !recorded[task] {
-                        apply_charges(&mut account, &[(format!("uid-{task}"), credits[task])], 512);
-                    }
+                    reconcile(&mut account, task, Stop::Done, &mut recorded, &mut released);
                 }
-                let charged_tasks: i64 = (0..n)
-                    .filter(|t| recorded[*t] || account.recent_charges.contains(&format!("uid-{t}")))
-                    .map(|t| credits[t])
-                    .sum();
-                prop_assert_eq!(account.credits_used, credits.iter().sum::<i64>());
-                prop_assert_eq!(charged_tasks, credits.iter().sum::<i64>());
+                let on_statuses: i64 = recorded.iter().map(|c| c.expect("every task ends recorded")).sum();
+                prop_assert_eq!(account.credits_used, on_statuses, "the account is charged what the tasks say");
+                for task in 0..n {
+                    let uid = format!("uid-{task}");
+                    prop_assert!(account.recent_charges.contains(&uid), "{} was never charged", uid);
+                }
             }
         }
     }
