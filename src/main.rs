@@ -44,12 +44,21 @@ struct ApiArgs {
     /// Address to serve the API on.
     #[arg(long, env = "RUNPLANE_API_ADDR", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// Namespace of the API-key Secrets.
+    /// Namespace of the API-key Secrets; it must be one no GpuAccount lists (keys found in a tenant's namespace are refused).
     #[arg(long, env = "RUNPLANE_NAMESPACE", default_value = "runplane-system")]
     namespace: String,
-    /// File holding the key that derives per-task progress tokens (shared with the controller); without it progress callbacks are refused.
+    /// File holding the key that derives per-task progress tokens (shared with the controller); without it progress callbacks are refused. It also authenticates the replicas to each other.
     #[arg(long, env = "RUNPLANE_CALLBACK_KEY_FILE")]
     callback_key_file: Option<PathBuf>,
+    /// Another gateway replica (host:port or base URL) to share rate-limit counts with; repeatable.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+    /// Share rate-limit counts with the ready endpoints of this Service (read from its EndpointSlices).
+    #[arg(long, value_name = "NAME")]
+    peer_service: Option<String>,
+    /// Namespace of --peer-service; the pod's namespace, else --namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    peer_namespace: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -343,8 +352,17 @@ async fn main() -> anyhow::Result<()> {
                 Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
                 None => None,
             };
-            let config =
-                runplane::api::Config { listen: args.listen, key_namespace: args.namespace.clone(), callback_key };
+            let peer_namespace = args.peer_namespace.clone().unwrap_or_else(|| args.namespace.clone());
+            let peers = runplane::api::peers::PeerConfig {
+                urls: args.peers.clone(),
+                service: args.peer_service.clone().map(|name| (peer_namespace, name)),
+            };
+            let config = runplane::api::Config {
+                listen: args.listen,
+                key_namespace: args.namespace.clone(),
+                callback_key,
+                peers,
+            };
             runplane::api::run(client, config).await
         }
         Command::Apikey(command) => apikey(command).await,
