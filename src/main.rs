@@ -117,7 +117,11 @@ impl ApiClientArgs {
     }
 }
 
+/// `runplane run --wait`: the exit status tells how the task ended.
 #[derive(Args)]
+#[command(
+    after_help = "Exit status with --wait: 0 the task completed (its output is printed), 3 it failed, 4 it was canceled, 1 any other error."
+)]
 struct RunArgs {
     #[command(flatten)]
     api: ApiClientArgs,
@@ -126,13 +130,13 @@ struct RunArgs {
     /// The input, a JSON object.
     #[arg(long, default_value = "{}")]
     input: String,
-    /// Wait for the task to end, showing its progress, then print its output.
+    /// Wait for the task to end, showing its progress, then print its output. Polls with `Prefer: wait`, spaced to stay within the account's rate limit.
     #[arg(long)]
     wait: bool,
     /// URL for the completion callback.
     #[arg(long)]
     webhook_url: Option<String>,
-    /// Idempotency-Key of the request.
+    /// Idempotency-Key of the request; a random one by default, so that a retried request makes one task.
     #[arg(long)]
     idempotency_key: Option<String>,
 }
@@ -400,8 +404,9 @@ async fn run_template(args: RunArgs) -> anyhow::Result<()> {
     let input: serde_json::Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
     anyhow::ensure!(input.is_object(), "--input must be a JSON object");
     let client = args.api.client()?;
-    let accepted =
-        client.run(&args.template, input, args.webhook_url.as_deref(), args.idempotency_key.as_deref()).await?;
+    // A key of its own makes the request safe to send again when an answer is lost or rate-limited.
+    let idempotency_key = args.idempotency_key.clone().unwrap_or_else(runplane::api::client::new_idempotency_key);
+    let accepted = client.run(&args.template, input, args.webhook_url.as_deref(), Some(&idempotency_key)).await?;
     if !args.wait {
         println!("{}", accepted.task_id);
         return Ok(());
@@ -413,14 +418,17 @@ async fn run_template(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("{}", runplane::api::client::describe(&task));
     }
     use runplane::api::wire::TaskStatus;
-    match task.status {
+    let code = match task.status {
         TaskStatus::Completed => {
             let output = task.output.unwrap_or_else(|| serde_json::json!({}));
             println!("{}", serde_json::to_string_pretty(&output)?);
-            Ok(())
+            return Ok(());
         }
-        _ => anyhow::bail!("task {} {}", task.task_id, runplane::api::client::describe(&task)),
-    }
+        TaskStatus::Canceled => 4,
+        _ => 3,
+    };
+    eprintln!("error: task {} {}", task.task_id, runplane::api::client::describe(&task));
+    std::process::exit(code)
 }
 
 async fn task(command: TaskCommand) -> anyhow::Result<()> {
