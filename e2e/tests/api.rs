@@ -1291,6 +1291,8 @@ async fn workloads_report_progress_with_their_token() {
     );
 
     // A GET that waits for a change answers as soon as progress moves.
+    report_progress(&workload, &path, json!({"progress": 49})).await;
+    api.wait_task(&id, "progress 49", |t| t["progress"] == 49).await;
     let waiting = {
         let api = api.clone();
         let path = format!("/v1/tasks/{id}");
