@@ -40,7 +40,7 @@ pub struct RequestId(pub String);
 pub struct Tenant {
     pub name: String,
     pub account: Arc<GpuAccount>,
-    /// The namespaces it owns; the first is where `POST /v1/run` creates tasks.
+    /// The namespaces it owns, in its spec's order (the order templates are looked up in).
     pub namespaces: Vec<String>,
 }
 
