@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local demo: the control plane, the CRDs, the controller and the
-# gateway, the sample account, template and task reaching Completed with its
-# output, then the same template run over the RunKey HTTP API.
+# gateway, the sample account, templates and task reaching Completed with its
+# output, then the seed's quick example run over the RunKey HTTP API.
 #   e2e/demo.sh up     start everything and run the sample task
 #   e2e/demo.sh stop   stop the controller and the gateway (the cluster stays)
 #   e2e/demo.sh down   stop them and the cluster
@@ -14,6 +14,9 @@ KUBECONFIG_PATH="$STATE/kubeconfig"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/runplane"
 METRICS_ADDR=${RUNPLANE_DEMO_METRICS_ADDR:-127.0.0.1:18080}
 API_ADDR=${RUNPLANE_DEMO_API_ADDR:-127.0.0.1:18000}
+# API keys live apart from every tenant's namespace: whoever may create
+# Secrets in a namespace an account lists could otherwise mint keys.
+KEY_NAMESPACE=runplane-system
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -63,6 +66,7 @@ up() {
     stop_processes
     mkdir -p "$DEMO"
     kubectl apply -f "$ROOT/deploy/examples/namespace.yaml" >/dev/null
+    kubectl create namespace "$KEY_NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
     # The key that derives per-task progress tokens, shared by both processes.
     [ -s "$DEMO/callback.key" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DEMO/callback.key"
     log "starting the controller (log: e2e/.cluster/demo/controller.log)"
@@ -72,11 +76,11 @@ up() {
     echo $! >"$DEMO/controller.pid"
     wait_http "http://$METRICS_ADDR/readyz" "the controller"
     log "starting the gateway on http://$API_ADDR (log: e2e/.cluster/demo/api.log)"
-    "$BIN" api --kubeconfig "$KUBECONFIG_PATH" --listen "$API_ADDR" --namespace demo \
+    "$BIN" api --kubeconfig "$KUBECONFIG_PATH" --listen "$API_ADDR" --namespace "$KEY_NAMESPACE" \
         --callback-key-file "$DEMO/callback.key" >"$DEMO/api.log" 2>&1 &
     echo $! >"$DEMO/api.pid"
     wait_http "http://$API_ADDR/readyz" "the gateway"
-    log "applying deploy/examples (account, template, task)"
+    log "applying deploy/examples (account, templates, task)"
     kubectl delete gputask -n demo portrait-1 --ignore-not-found >/dev/null 2>&1 || true
     kubectl apply -f "$ROOT/deploy/examples/" >/dev/null
     log "waiting for the sample task to complete"
@@ -91,18 +95,19 @@ up() {
     kubectl get gputask -n demo portrait-1 -o jsonpath='{.status.output}'
     echo
     echo
-    log "creating an API key for account demo and running the template over HTTP"
-    KEY=$("$BIN" apikey create --kubeconfig "$KUBECONFIG_PATH" --account demo --namespace demo)
+    log "creating an API key for account demo and running the seed's quick example over HTTP"
+    KEY=$("$BIN" apikey create --kubeconfig "$KUBECONFIG_PATH" --account demo --namespace "$KEY_NAMESPACE")
     echo "$KEY" >"$DEMO/api-key"
-    echo "POST /v1/run:"
+    echo "POST /v1/run (Prefer: wait=30):"
     curl -sS -X POST "http://$API_ADDR/v1/run" -H "Authorization: Bearer $KEY" \
         -H "Content-Type: application/json" -H "Prefer: wait=30" \
-        -d '{"template_id": "portrait-fix", "input": {"image_url": "https://example.com/photo.jpg", "enhancement": "high"}}'
+        -d '{"template_id": "tpl_abc123", "input": {"image_url": "https://example.com/photo.jpg", "style": "portrait"}}'
     echo
     echo
     cat <<MSG
 runplane is running on the local control plane.
-  The gateway:   http://$API_ADDR  (API key in e2e/.cluster/demo/api-key; OpenAPI at /openapi.json)
+  The gateway:   http://$API_ADDR  (API key in e2e/.cluster/demo/api-key; OpenAPI at /openapi.json;
+                 the seeds' curl examples in README.md work against it)
                  curl -H "Authorization: Bearer \$(cat e2e/.cluster/demo/api-key)" http://$API_ADDR/v1/account
   Look around:   kubectl --kubeconfig e2e/.cluster/kubeconfig get gt,gtpl -A
                  kubectl --kubeconfig e2e/.cluster/kubeconfig get gacct

@@ -7,9 +7,12 @@
 #
 # Needs: the local control plane (started with e2e/cluster/up.sh when no
 # kubeconfig is found), kubectl, and schemathesis (`pip install schemathesis`).
-# It makes its own namespace, GpuAccount, templates and API key, starts the
-# controller and the gateway on free loopback ports, and removes all of it
-# when it ends.
+# It makes its own namespace, GpuAccount, the seed templates of
+# deploy/examples/seed-templates.yaml, and an API key in a namespace of its
+# own, starts the controller and the gateway on free loopback ports, and
+# removes all of it when it ends. The document links POST /v1/run and the
+# RunningHub submit to the operations that take the new task's id, so the
+# stateful phase follows real tasks (get, cancel, query).
 #
 # Env (defaults in brackets):
 #   RUNPLANE_E2E_KUBECONFIG [e2e/.cluster/kubeconfig]
@@ -61,6 +64,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 WORK=$(mktemp -d)
 NAME="e2e-schemathesis-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
+KEYS="$NAME-keys"
 CONTROLLER_PID=""
 GATEWAY_PID=""
 
@@ -80,7 +84,7 @@ cleanup() {
   for pod in $(k get pods -n "$NAME" -o name 2>/dev/null); do
     k patch -n "$NAME" "$pod" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1
   done
-  k delete namespace "$NAME" --wait=false >/dev/null 2>&1
+  k delete namespace "$NAME" "$KEYS" --wait=false >/dev/null 2>&1
   k delete gpuaccount "$NAME" >/dev/null 2>&1
   rm -rf "$WORK"
   exit $status
@@ -108,46 +112,29 @@ spec:
   credits: 100000000
   limits: {concurrentTasks: 20, requestsPerMinute: 1000000}
 ---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $KEYS
+  labels: {runplane.dev/e2e: "true"}
+---
+# Named in e2e/schemathesis.toml: accepts any input.
 apiVersion: runplane.dev/v1alpha1
 kind: GpuTemplate
-metadata: {name: tpl-portrait-fix, namespace: $NAME}
+metadata: {name: fuzz-open, namespace: $NAME}
 spec:
-  image: example.com/portrait-fix:1
+  image: example.com/fuzz:1
   price: {perRun: 1}
-  inputSchema:
-    type: object
-    required: [image_url]
-    properties:
-      image_url: {type: string, minLength: 1}
-      style: {type: string}
+  aliases: [fuzz/open]
   podMetadata:
     annotations:
       e2e.runplane.dev/duration: 1s
-      e2e.runplane.dev/message: '{"result_url": "https://cdn.example.com/results/x.png"}'
----
-# The document's examples name tpl_abc123 and tpl_portrait_fix.
-apiVersion: runplane.dev/v1alpha1
-kind: GpuTemplate
-metadata: {name: tpl-abc123, namespace: $NAME}
-spec:
-  image: example.com/abc:1
-  podMetadata:
-    annotations:
-      e2e.runplane.dev/duration: 1s
----
-apiVersion: runplane.dev/v1alpha1
-kind: GpuTemplate
-metadata: {name: rhart-image-edit, namespace: $NAME}
-spec:
-  image: example.com/rhart:1
-  aliases: [rhart-image-g-1.5/edit]
-  podMetadata:
-    annotations:
-      e2e.runplane.dev/duration: 1s
-      e2e.runplane.dev/message: '{"images": ["https://cdn.example.com/out/a.png"], "text": "done"}'
+      e2e.runplane.dev/message: '{"result_url": "https://cdn.example.com/results/fuzz.png", "text": "done"}'
 EOF
+# The templates the seeds' examples (and the document's) name.
+sed "s/^  namespace: demo$/  namespace: $NAME/" "$REPO/deploy/examples/seed-templates.yaml" | k apply -f - >/dev/null
 
-KEY=$(KUBECONFIG="$KUBECONFIG" "$RUNPLANE_BIN" apikey create --account "$NAME" --namespace "$NAME" 2>/dev/null)
+KEY=$(KUBECONFIG="$KUBECONFIG" "$RUNPLANE_BIN" apikey create --account "$NAME" --namespace "$KEYS" 2>/dev/null)
 head -c 32 /dev/urandom >"$WORK/callback.key"
 API_PORT=$(free_port)
 API="http://127.0.0.1:$API_PORT"
@@ -159,7 +146,7 @@ if [[ $START_CONTROLLER == 1 ]]; then
     >"$WORK/controller.log" 2>&1 &
   CONTROLLER_PID=$!
 fi
-"$RUNPLANE_BIN" api --listen "127.0.0.1:$API_PORT" --namespace "$NAME" \
+"$RUNPLANE_BIN" api --listen "127.0.0.1:$API_PORT" --namespace "$KEYS" \
   --callback-key-file "$WORK/callback.key" --kubeconfig "$KUBECONFIG" >"$WORK/api.log" 2>&1 &
 GATEWAY_PID=$!
 for _ in $(seq 1 100); do
@@ -176,7 +163,7 @@ log "fuzzing $API/openapi.json"
 set +e
 # schemathesis keeps a cache in its working directory: keep it out of the checkout.
 cd "$WORK"
-"$ST" run "$API/openapi.json" \
+"$ST" --config-file "$HERE/schemathesis.toml" run "$API/openapi.json" \
   --header "Authorization: Bearer $KEY" \
   --checks all \
   --exclude-checks positive_data_acceptance \

@@ -44,12 +44,21 @@ struct ApiArgs {
     /// Address to serve the API on.
     #[arg(long, env = "RUNPLANE_API_ADDR", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// Namespace of the API-key Secrets.
+    /// Namespace of the API-key Secrets; it must be one no GpuAccount lists (keys found in a tenant's namespace are refused).
     #[arg(long, env = "RUNPLANE_NAMESPACE", default_value = "runplane-system")]
     namespace: String,
-    /// File holding the key that derives per-task progress tokens (shared with the controller); without it progress callbacks are refused.
+    /// File holding the key that derives per-task progress tokens (shared with the controller); without it progress callbacks are refused. It also authenticates the replicas to each other.
     #[arg(long, env = "RUNPLANE_CALLBACK_KEY_FILE")]
     callback_key_file: Option<PathBuf>,
+    /// Another gateway replica (host:port or base URL) to share rate-limit counts with; repeatable.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+    /// Share rate-limit counts with the ready endpoints of this Service (read from its EndpointSlices).
+    #[arg(long, value_name = "NAME")]
+    peer_service: Option<String>,
+    /// Namespace of --peer-service; the pod's namespace, else --namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    peer_namespace: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -108,7 +117,11 @@ impl ApiClientArgs {
     }
 }
 
+/// `runplane run --wait`: the exit status tells how the task ended.
 #[derive(Args)]
+#[command(
+    after_help = "Exit status with --wait: 0 the task completed (its output is printed), 3 it failed, 4 it was canceled, 1 any other error."
+)]
 struct RunArgs {
     #[command(flatten)]
     api: ApiClientArgs,
@@ -117,13 +130,13 @@ struct RunArgs {
     /// The input, a JSON object.
     #[arg(long, default_value = "{}")]
     input: String,
-    /// Wait for the task to end, showing its progress, then print its output.
+    /// Wait for the task to end, showing its progress, then print its output. Polls with `Prefer: wait`, spaced to stay within the account's rate limit.
     #[arg(long)]
     wait: bool,
     /// URL for the completion callback.
     #[arg(long)]
     webhook_url: Option<String>,
-    /// Idempotency-Key of the request.
+    /// Idempotency-Key of the request; a random one by default, so that a retried request makes one task.
     #[arg(long)]
     idempotency_key: Option<String>,
 }
@@ -347,8 +360,17 @@ async fn main() -> anyhow::Result<()> {
                 Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
                 None => None,
             };
-            let config =
-                runplane::api::Config { listen: args.listen, key_namespace: args.namespace.clone(), callback_key };
+            let peer_namespace = args.peer_namespace.clone().unwrap_or_else(|| args.namespace.clone());
+            let peers = runplane::api::peers::PeerConfig {
+                urls: args.peers.clone(),
+                service: args.peer_service.clone().map(|name| (peer_namespace, name)),
+            };
+            let config = runplane::api::Config {
+                listen: args.listen,
+                key_namespace: args.namespace.clone(),
+                callback_key,
+                peers,
+            };
             runplane::api::run(client, config).await
         }
         Command::Apikey(command) => apikey(command).await,
@@ -386,8 +408,9 @@ async fn run_template(args: RunArgs) -> anyhow::Result<()> {
     let input: serde_json::Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
     anyhow::ensure!(input.is_object(), "--input must be a JSON object");
     let client = args.api.client()?;
-    let accepted =
-        client.run(&args.template, input, args.webhook_url.as_deref(), args.idempotency_key.as_deref()).await?;
+    // A key of its own makes the request safe to send again when an answer is lost or rate-limited.
+    let idempotency_key = args.idempotency_key.clone().unwrap_or_else(runplane::api::client::new_idempotency_key);
+    let accepted = client.run(&args.template, input, args.webhook_url.as_deref(), Some(&idempotency_key)).await?;
     if !args.wait {
         println!("{}", accepted.task_id);
         return Ok(());
@@ -399,14 +422,17 @@ async fn run_template(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("{}", runplane::api::client::describe(&task));
     }
     use runplane::api::wire::TaskStatus;
-    match task.status {
+    let code = match task.status {
         TaskStatus::Completed => {
             let output = task.output.unwrap_or_else(|| serde_json::json!({}));
             println!("{}", serde_json::to_string_pretty(&output)?);
-            Ok(())
+            return Ok(());
         }
-        _ => anyhow::bail!("task {} {}", task.task_id, runplane::api::client::describe(&task)),
-    }
+        TaskStatus::Canceled => 4,
+        _ => 3,
+    };
+    eprintln!("error: task {} {}", task.task_id, runplane::api::client::describe(&task));
+    std::process::exit(code)
 }
 
 async fn task(command: TaskCommand) -> anyhow::Result<()> {

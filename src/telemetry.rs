@@ -176,6 +176,12 @@ pub struct ApiMetrics {
     pub duration: HistogramVec,
     /// Requests refused by the per-account rate limit.
     pub rate_limited: IntCounter,
+    /// Fetches of the other replicas' rate-limit counts, by result (ok, error).
+    pub peer_syncs: IntCounterVec,
+    /// Other replicas this one shares rate-limit counts with.
+    pub peers: IntGauge,
+    /// Progress reports refused because the task reported too often.
+    pub progress_throttled: IntCounter,
 }
 
 impl ApiMetrics {
@@ -198,14 +204,36 @@ impl ApiMetrics {
         let rate_limited =
             IntCounter::new("runplane_rate_limited_total", "Gateway requests refused by the per-account rate limit")
                 .unwrap();
+        let peer_syncs = IntCounterVec::new(
+            Opts::new(
+                "runplane_api_peer_syncs_total",
+                "Fetches of the other gateway replicas' rate-limit counts, by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let peers =
+            IntGauge::new("runplane_api_peers", "Other gateway replicas this one shares rate-limit counts with")
+                .unwrap();
+        let progress_throttled = IntCounter::new(
+            "runplane_api_progress_throttled_total",
+            "Progress reports refused because their task reported too often",
+        )
+        .unwrap();
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(peer_syncs.clone()),
+            Box::new(peers.clone()),
+            Box::new(progress_throttled.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Self { registry, requests, duration, rate_limited }
+        for result in ["ok", "error"] {
+            peer_syncs.with_label_values(&[result]);
+        }
+        Self { registry, requests, duration, rate_limited, peer_syncs, peers, progress_throttled }
     }
 }
 

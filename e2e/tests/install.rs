@@ -309,6 +309,9 @@ fn assert_forbidden_outside_rbac(release: &Release, controller_kubeconfig: &Path
     assert!(can(&["list", "gpuaccounts.runplane.dev"]));
     assert!(can(&["watch", "secrets", "-n", ns]));
     assert!(!can(&["get", "secrets", "-n", "tenant-a"]));
+    // The replicas find each other through their Service's EndpointSlices.
+    assert!(can(&["watch", "endpointslices.discovery.k8s.io", "-n", ns]));
+    assert!(!can(&["list", "endpointslices.discovery.k8s.io", "-n", "tenant-a"]));
     assert!(!can(&["delete", "gputasks.runplane.dev", "-n", "tenant-a"]));
     assert!(!can(&["create", "pods", "-n", "tenant-a"]));
     assert!(!can(&["update", "gpuaccounts.runplane.dev", "--subresource=status"]));

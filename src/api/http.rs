@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{FromRequest, MatchedPath, Request, State};
@@ -15,8 +15,10 @@ use rand::RngExt;
 use serde_json::Value;
 
 use super::AppState;
+use super::caches::KeyRefusal;
 use super::error::{ApiError, Format};
 use super::keys;
+use super::ratelimit::Verdict;
 use crate::resources::GpuAccount;
 
 /// Largest request body accepted.
@@ -38,7 +40,7 @@ pub struct RequestId(pub String);
 pub struct Tenant {
     pub name: String,
     pub account: Arc<GpuAccount>,
-    /// The namespaces it owns; the first is where `POST /v1/run` creates tasks.
+    /// The namespaces it owns, in its spec's order (the order templates are looked up in).
     pub namespaces: Vec<String>,
 }
 
@@ -61,7 +63,10 @@ pub fn unix_now() -> u64 {
 }
 
 /// Outermost layer: gives the request its id, renders errors in the route's
-/// wire format, stamps `X-Request-Id` and records metrics.
+/// wire format, stamps `X-Request-Id` and records metrics. A response that
+/// [`authenticate`] did not see (an unknown route, a method the route does
+/// not have, an operational route) still counts against the rate limit of
+/// a valid API key it carries, and gets the `X-RateLimit-*` headers too.
 pub async fn outer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(request.headers());
@@ -69,10 +74,28 @@ pub async fn outer(State(state): State<AppState>, mut request: Request, next: Ne
     let route =
         request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = request.method().clone();
+    let key = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(keys::bearer)
+        .filter(|k| k.starts_with(keys::KEY_PREFIX))
+        .map(str::to_string);
     request.extensions_mut().insert(RequestId(id.clone()));
     request.extensions_mut().insert(state.clone());
 
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    if !response.headers().contains_key(&X_RATELIMIT_LIMIT)
+        && let Some(key) = key
+        && state.ready.load(Ordering::SeqCst)
+        && let Ok((name, account)) = account_of_key(&state, &key)
+    {
+        let verdict = rate_limit(&state, &name, &account);
+        if !verdict.allowed {
+            response = ApiError::RateLimited { retry_after: verdict.retry_after }.into_response();
+        }
+        set_rate_limit_headers(&mut response, &verdict);
+    }
     let mut response = render(response, format, &id).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID, value);
@@ -89,12 +112,18 @@ pub async fn outer(State(state): State<AppState>, mut request: Request, next: Ne
     response
 }
 
+/// Marks a response whose error status and body are meant as they are (the
+/// plain-text `/readyz`), not to be rendered in a wire format.
+#[derive(Clone, Copy, Debug)]
+pub struct AsIs;
+
 /// Turns an [`ApiError`] carried by a response (or a bare error status from
 /// axum) into the body of the wire format.
 async fn render(response: Response, format: Format, request_id: &str) -> Response {
     let (mut parts, body) = response.into_parts();
     let error = match parts.extensions.get::<ApiError>() {
         Some(error) => error.clone(),
+        None if parts.extensions.get::<AsIs>().is_some() => return Response::from_parts(parts, body),
         None => {
             let status = parts.status;
             let is_json = parts
@@ -115,6 +144,55 @@ async fn render(response: Response, format: Format, request_id: &str) -> Respons
     Response::from_parts(parts, Body::from(error.body(format, request_id)))
 }
 
+/// Requests a minute an account may make: its own limit, else its plan's
+/// (free 30, pro 60, team 120; custom has only its own).
+pub fn requests_per_minute(account: &GpuAccount) -> u32 {
+    u32::try_from(account.spec.effective_limits().requests_per_minute).unwrap_or(0)
+}
+
+/// The account an API key acts for. A key stored in a namespace that a
+/// GpuAccount lists is refused (and logged loudly): whoever may create
+/// Secrets in a tenant's namespace could have minted it for any account.
+fn account_of_key(state: &AppState, key: &str) -> Result<(String, Arc<GpuAccount>), ApiError> {
+    let name = match state.caches.account_for_key(key) {
+        Ok(name) => name,
+        Err(KeyRefusal::Unknown) => return Err(ApiError::Unauthorized("Invalid API key".into())),
+        Err(KeyRefusal::TenantNamespace { namespace, account }) => {
+            let mut logged = state.tenant_key_logged.lock().unwrap_or_else(|e| e.into_inner());
+            if logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                tracing::error!(
+                    %namespace,
+                    %account,
+                    "refused an API key stored in a namespace that a GpuAccount lists: a tenant could have minted it; keep API keys in a namespace no account lists (the gateway's --namespace)"
+                );
+                *logged = Some(Instant::now());
+            }
+            return Err(ApiError::Unauthorized("Invalid API key".into()));
+        }
+    };
+    let account = state
+        .caches
+        .account(&name)
+        .ok_or_else(|| ApiError::Unauthorized("Invalid API key: its account no longer exists".into()))?;
+    Ok((name, account))
+}
+
+/// Counts one request of the account against its limit.
+fn rate_limit(state: &AppState, name: &str, account: &GpuAccount) -> Verdict {
+    let verdict = state.limiter.check(name, requests_per_minute(account), unix_now());
+    if !verdict.allowed {
+        state.metrics.rate_limited.inc();
+    }
+    verdict
+}
+
+fn set_rate_limit_headers(response: &mut Response, verdict: &Verdict) {
+    let headers = response.headers_mut();
+    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(verdict.limit));
+    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(verdict.remaining));
+    headers.insert(X_RATELIMIT_RESET, HeaderValue::from(verdict.reset));
+}
+
 /// Authenticates the API key, applies the account's rate limit and hands the
 /// account to the handler; sets `X-RateLimit-*` on every answer.
 pub async fn authenticate(mut request: Request, next: Next) -> Response {
@@ -133,26 +211,19 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
     let Some(key) = key else {
         return ApiError::Unauthorized("Missing API key: send Authorization: Bearer <key>".into()).into_response();
     };
-    let Some(account_name) = state.caches.account_for_key(&key) else {
-        return ApiError::Unauthorized("Invalid API key".into()).into_response();
+    let (account_name, account) = match account_of_key(&state, &key) {
+        Ok(found) => found,
+        Err(error) => return error.into_response(),
     };
-    let Some(account) = state.caches.account(&account_name) else {
-        return ApiError::Unauthorized("Invalid API key: its account no longer exists".into()).into_response();
-    };
-    let rpm = account.spec.effective_limits().requests_per_minute.max(0) as u32;
-    let verdict = state.limiter.check(&account_name, rpm, unix_now());
+    let verdict = rate_limit(&state, &account_name, &account);
     let mut response = if verdict.allowed {
         let namespaces = state.caches.namespaces_of(&account);
         request.extensions_mut().insert(Tenant { name: account_name, account, namespaces });
         next.run(request).await
     } else {
-        state.metrics.rate_limited.inc();
         ApiError::RateLimited { retry_after: verdict.retry_after }.into_response()
     };
-    let headers = response.headers_mut();
-    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(verdict.limit));
-    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(verdict.remaining));
-    headers.insert(X_RATELIMIT_RESET, HeaderValue::from(verdict.reset));
+    set_rate_limit_headers(&mut response, &verdict);
     response
 }
 
@@ -243,6 +314,20 @@ mod tests {
         let generated = request_id(&headers);
         assert!(generated.starts_with("req_") && generated.len() == 20, "{generated}");
         assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn plans_default_to_the_seed_limits() {
+        let account = |spec: serde_json::Value| -> GpuAccount {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}, "spec": spec})).unwrap()
+        };
+        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "free"}))), 30);
+        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "pro"}))), 60);
+        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "team"}))), 120);
+        let own = account(serde_json::json!({"plan": "free", "limits": {"requestsPerMinute": 7}}));
+        assert_eq!(requests_per_minute(&own), 7, "the account's own limit wins");
+        let negative = account(serde_json::json!({"plan": "pro", "limits": {"requestsPerMinute": -1}}));
+        assert_eq!(requests_per_minute(&negative), 0);
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! `runplane.dev/api-key` labelled with its account; the key itself is shown
 //! once, when it is created. Revoking a key deletes its Secret, and the
 //! gateway's Secret cache forgets it within moments.
+//!
+//! Keys live in a namespace of their own (the gateway's `--namespace`), one
+//! that no GpuAccount lists: whoever may create Secrets in a namespace could
+//! store a hash there for any account. `create` refuses such a namespace, and
+//! the gateway refuses keys it finds in one.
 
 use std::collections::BTreeMap;
 
@@ -98,6 +103,10 @@ pub enum KeyError {
     NoNamespace(String),
     #[error("no GpuAccount named {0:?}")]
     NoAccount(String),
+    #[error(
+        "namespace {namespace:?} is listed by GpuAccount {account:?}: keys stored where a tenant may create Secrets are refused by the gateway; use the gateway's own namespace (--namespace)"
+    )]
+    TenantNamespace { namespace: String, account: String },
     #[error("no API key {id:?} in namespace {namespace:?}")]
     NoKey { id: String, namespace: String },
     #[error("kubernetes API: {0}")]
@@ -118,8 +127,12 @@ pub async fn create(client: Client, namespace: &str, account: &str) -> Result<(S
     if Api::<Namespace>::all(client.clone()).get_opt(namespace).await?.is_none() {
         return Err(KeyError::NoNamespace(namespace.into()));
     }
-    if Api::<GpuAccount>::all(client.clone()).get_opt(account).await?.is_none() {
+    let accounts = Api::<GpuAccount>::all(client.clone()).list(&ListParams::default()).await?.items;
+    if !accounts.iter().any(|a| a.name_any() == account) {
         return Err(KeyError::NoAccount(account.into()));
+    }
+    if let Some(tenant) = accounts.iter().find(|a| a.spec.namespaces.iter().any(|ns| ns == namespace)) {
+        return Err(KeyError::TenantNamespace { namespace: namespace.into(), account: tenant.name_any() });
     }
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let key = generate_key();

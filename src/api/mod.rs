@@ -2,23 +2,28 @@
 //! `/openapi/v2` wire formats on top of GpuTasks.
 //!
 //! ```text
-//!  client ──Bearer rk_live_…──▶ outer (request id, errors, metrics)
-//!                                 └▶ authenticate (key Secret cache → GpuAccount, rate limit)
-//!                                      └▶ /v1, /openapi/v2 handlers ──reads──▶ reflector caches
+//!  client ──Bearer rk_live_…──▶ outer (request id, errors, metrics, rate-limit headers)
+//!                                 └▶ authenticate (key index → GpuAccount, rate limit)
+//!                                      └▶ /v1, /openapi/v2 handlers ──reads──▶ reflector caches + indexes
 //!                                                 └──creates / cancels──▶ GpuTask (field manager runplane.dev/api)
 //!  workload ──Bearer <progress token>──▶ /v1/internal/tasks/{id}/progress ──▶ GpuTask status (progress, output)
+//!  replica ◀──GET /v1/internal/ratelimit (peer token)──▶ replica   (shared rate-limit counts)
 //! ```
 //!
-//! The gateway is stateless apart from its caches and the per-replica rate
-//! limit windows; it decides nothing about admission or accounting, and it
-//! writes no other object than GpuTasks.
+//! The gateway is stateless apart from its caches and the rate-limit windows
+//! of the current minute; it decides nothing about admission or accounting,
+//! and it writes no other object than GpuTasks: creates (`POST /v1/run`,
+//! RunningHub submits), cancels (`spec.cancel`), webhook redelivery requests
+//! (an annotation) and the workloads' progress (status).
 
 pub mod caches;
 pub mod client;
 pub mod error;
 pub mod http;
+pub mod index;
 pub mod keys;
 mod openapi;
+pub mod peers;
 pub mod progress;
 pub mod ratelimit;
 pub mod runninghub;
@@ -53,8 +58,10 @@ pub struct Config {
     /// Namespace of the API-key Secrets.
     pub key_namespace: String,
     /// Key that derives per-task progress tokens (shared with the controller);
-    /// None disables the progress callback.
+    /// None disables the progress callback and the sharing of rate-limit counts.
     pub callback_key: Option<Vec<u8>>,
+    /// The other replicas, to share rate-limit counts with.
+    pub peers: peers::PeerConfig,
 }
 
 /// What every handler shares.
@@ -66,6 +73,14 @@ pub struct AppState {
     pub limiter: Arc<ratelimit::RateLimiter>,
     pub ready: Arc<AtomicBool>,
     pub callback_key: Option<Arc<[u8]>>,
+    /// This replica's id among its peers (random per process).
+    pub replica: Arc<str>,
+    /// The token the replicas present to each other; None without a callback key.
+    pub peer_token: Option<Arc<str>>,
+    /// Progress writes per task, for their throttle.
+    pub progress_throttle: Arc<progress::Throttle>,
+    /// When a key from a tenant's namespace was last logged, to log loudly but not endlessly.
+    pub tenant_key_logged: Arc<Mutex<Option<Instant>>>,
     openapi: Arc<String>,
     /// Tasks this replica created lately, so that a GET right after the POST
     /// waits for the cache instead of answering "not found".
@@ -89,7 +104,11 @@ impl AppState {
             metrics: Arc::new(ApiMetrics::new()),
             limiter: Arc::default(),
             ready: Arc::new(AtomicBool::new(false)),
+            peer_token: callback_key.as_deref().map(|k| Arc::from(peers::peer_token(k))),
             callback_key: callback_key.map(Arc::from),
+            replica: Arc::from(hex::encode(rand::RngExt::random::<[u8; 8]>(&mut rand::rng()))),
+            progress_throttle: Arc::default(),
+            tenant_key_logged: Arc::default(),
             openapi: Arc::new(openapi),
             recent: Arc::default(),
             schemas: Arc::default(),
@@ -186,24 +205,38 @@ fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
 /// The gateway as an axum app.
 pub fn app(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
-    router.fallback(http::no_route).layer(from_fn_with_state(state.clone(), http::outer)).with_state(state)
+    // The replicas' counts endpoint is for the replicas alone: not in the document.
+    router
+        .route(peers::PATH, axum::routing::get(peers::counts))
+        .fallback(http::no_route)
+        .layer(from_fn_with_state(state.clone(), http::outer))
+        .with_state(state)
 }
 
 /// Serves the gateway until SIGTERM or Ctrl-C.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (caches, _reflectors) = caches::start(client.clone(), &config.key_namespace);
+    let client_for_peers = client.clone();
     let state = AppState::new(client, caches.clone(), config.callback_key.clone());
     if state.callback_key.is_none() {
         tracing::warn!("no --callback-key-file: progress callbacks are refused");
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(addr = %config.listen, keys = %config.key_namespace, "serving the API");
+    tracing::info!(addr = %config.listen, keys = %config.key_namespace, replica = %state.replica, "serving the API");
+    tokio::spawn(peers::run(state.clone(), client_for_peers, config.peers.clone()));
     let ready = state.ready.clone();
+    let key_namespace = config.key_namespace.clone();
     tokio::spawn(async move {
         match caches.wait_until_ready().await {
             Ok(()) => {
                 ready.store(true, Ordering::SeqCst);
                 tracing::info!("caches ready");
+                if caches.account_index.read().is_listed(&key_namespace) {
+                    tracing::error!(
+                        namespace = %key_namespace,
+                        "the API-key namespace is listed by a GpuAccount: its tenant could mint keys there, so every key in it is refused; keep keys in a namespace of their own (--namespace)"
+                    );
+                }
             }
             Err(error) => tracing::error!(%error, "caches never filled"),
         }

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use utoipa::openapi::header::Header;
+use utoipa::openapi::link::{Link, LinkBuilder};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -21,7 +22,7 @@ use crate::telemetry::encode;
 #[openapi(
     info(
         title = "runplane API",
-        description = "On-demand GPU tasks on Kubernetes. `/v1` speaks the RunKey wire format, `/openapi/v2` the RunningHub one. Authenticate with `Authorization: Bearer rk_live_…` (keys are made with `runplane apikey create`). Every response carries `X-Request-Id`; authenticated ones carry `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (a fixed one-minute window per account, counted per gateway replica).",
+        description = "On-demand GPU tasks on Kubernetes. `/v1` speaks the RunKey wire format, `/openapi/v2` the RunningHub one. Authenticate with `Authorization: Bearer rk_live_…` (keys are made with `runplane apikey create`). Every response carries `X-Request-Id`; every response to a valid API key carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (a fixed one-minute window per account, shared by the gateway replicas).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(schemas(ErrorBody, RhTask)),
@@ -77,7 +78,70 @@ pub fn document() -> OpenApi {
             add_headers(operation);
         }
     }
+    add_links(&mut doc);
     doc
+}
+
+/// A link to the operation `operation_id` passing a task id taken from the
+/// response (a runtime expression such as `$response.body#/data/task_id`):
+/// as the `task_id` path parameter, or as RunningHub's `{taskId}` body.
+fn task_link(operation_id: &str, task_id: &str, description: &str) -> RefOr<Link> {
+    let builder = LinkBuilder::new().operation_id(operation_id).description(description);
+    let builder = if operation_id == "query" {
+        builder.request_body(Some(serde_json::json!({ "taskId": task_id })))
+    } else {
+        builder.parameter("task_id", task_id)
+    };
+    RefOr::T(builder.build())
+}
+
+/// (path, response statuses, method, [(link name, target operation, task id expression)]).
+type LinkSet<'a> = (&'a str, &'a [&'a str], &'a str, &'a [(&'a str, &'a str, &'a str)]);
+
+/// Links from the operations that make or show a task to those that take
+/// its id, so that clients (and schemathesis' stateful runs) can follow a
+/// task from its creation.
+fn add_links(doc: &mut OpenApi) {
+    let v1_id = "$response.body#/data/task_id";
+    let rh_id = "$response.body#/taskId";
+    let links: [LinkSet; 3] = [
+        (
+            "/v1/run",
+            &["200", "202"],
+            "post",
+            &[("GetTask", "get_task", v1_id), ("CancelTask", "cancel_task", v1_id), ("QueryTask", "query", v1_id)],
+        ),
+        (
+            "/v1/tasks/{task_id}",
+            &["200"],
+            "get",
+            &[("CancelTask", "cancel_task", v1_id), ("QueryTask", "query", v1_id)],
+        ),
+        (
+            "/openapi/v2/{model}/{action}",
+            &["200"],
+            "post",
+            &[("QueryTask", "query", rh_id), ("GetTask", "get_task", rh_id), ("CancelTask", "cancel_task", rh_id)],
+        ),
+    ];
+    for (path, statuses, method, targets) in links {
+        let Some(item) = doc.paths.paths.get_mut(path) else {
+            continue;
+        };
+        let operation = if method == "get" { item.get.as_mut() } else { item.post.as_mut() };
+        let Some(operation) = operation else {
+            continue;
+        };
+        for status in statuses {
+            let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status) else {
+                continue;
+            };
+            for (name, target, expression) in targets {
+                let description = format!("The task's id, for {target}");
+                response.links.insert(name.to_string(), task_link(target, expression, &description));
+            }
+        }
+    }
 }
 
 fn header(description: &str, ty: Type) -> RefOr<Header> {
@@ -141,9 +205,11 @@ pub async fn healthz() -> &'static str {
 )]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not ready")
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, "caches not ready").into_response();
+        response.extensions_mut().insert(super::http::AsIs);
+        response
     }
 }
 
@@ -203,5 +269,35 @@ mod tests {
         assert!(run["401"]["headers"]["X-Request-Id"].is_object());
         assert_eq!(doc["openapi"], "3.1.0");
         assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    }
+
+    #[test]
+    fn a_new_task_links_to_the_operations_that_take_its_id() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let operation_ids: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        let run = &doc["paths"]["/v1/run"]["post"]["responses"]["202"]["links"];
+        assert_eq!(run["GetTask"]["operationId"], "get_task");
+        assert_eq!(run["GetTask"]["parameters"]["task_id"], "$response.body#/data/task_id");
+        assert_eq!(run["QueryTask"]["operationId"], "query");
+        assert_eq!(run["QueryTask"]["requestBody"], serde_json::json!({"taskId": "$response.body#/data/task_id"}));
+        let submit = &doc["paths"]["/openapi/v2/{model}/{action}"]["post"]["responses"]["200"]["links"];
+        assert_eq!(submit["QueryTask"]["requestBody"]["taskId"], "$response.body#/taskId");
+        // Every link names an operation that exists.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for op in item.as_object().unwrap().values() {
+                for response in op["responses"].as_object().into_iter().flat_map(|r| r.values()) {
+                    for link in response["links"].as_object().into_iter().flat_map(|l| l.values()) {
+                        let target = link["operationId"].as_str().unwrap();
+                        assert!(operation_ids.contains(&target), "{path}: link to unknown {target}");
+                    }
+                }
+            }
+        }
     }
 }

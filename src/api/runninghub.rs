@@ -78,7 +78,7 @@ pub async fn submit(
     path = "/openapi/v2/query",
     tag = "runninghub",
     summary = "Query a task",
-    description = "Status and results of a task: QUEUED, RUNNING, SUCCESS or FAILED (a canceled task reports FAILED with errorMessage \"canceled\"; a failed one its RunKey error code as errorCode). `results` is null until SUCCESS, then built from the task's output in key order: every http(s) URL string becomes `{url, outputType: the extension of the URL's path (lower-case) or \"\", text: null}`; every other string under a key named `text` becomes `{url: \"\", outputType: \"txt\", text}`.",
+    description = "Status and results of a task: QUEUED, RUNNING, SUCCESS or FAILED (a canceled task reports FAILED with errorCode \"canceled\" and errorMessage \"Canceled by user\"; a failed one its RunKey error code as errorCode). `results` is null until SUCCESS, then built from the task's output in key order: every http(s) URL string becomes `{url, outputType: the extension of the URL's path (lower-case) or \"\", text: null}`; every other string under a key named `text` becomes `{url: \"\", outputType: \"txt\", text}`.",
     request_body(content = wire::RhQuery, content_type = "application/json"),
     responses(
         (status = 200, description = "The task", body = RhTask),

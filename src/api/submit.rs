@@ -121,20 +121,28 @@ pub async fn submit(
         }
     };
     let now = Timestamp::now();
+    let template = &submission.template;
+    let namespace = template.namespace().unwrap_or_default();
     if let Some((key_hash, request_hash)) = &idempotency {
-        let earlier = state
-            .caches
-            .tasks_in(&tenant.namespaces)
-            .into_iter()
+        let keys = state.caches.task_index.read().with_idempotency_key(&tenant.namespaces, key_hash);
+        let earlier = keys
+            .iter()
+            .filter_map(|key| state.caches.task_at(key))
             .find_map(|t| idempotent_match(&t, key_hash, request_hash, now).map(|m| (t, m)));
         if let Some((task, verdict)) = earlier {
             verdict?;
             return Ok((*task).clone());
         }
+        // The key may have been used a moment ago through another replica,
+        // for a template in another of the account's namespaces (in the
+        // same namespace the task name collides instead).
+        let elsewhere = same_key_elsewhere(state, tenant, &namespace, key_hash, request_hash).await?;
+        if let Some((task, verdict)) = elsewhere.into_iter().next() {
+            verdict?;
+            return Ok(task);
+        }
     }
 
-    let template = &submission.template;
-    let namespace = template.namespace().unwrap_or_default();
     state.input_schema(template)?.check(&submission.input).map_err(ApiError::InvalidInput)?;
 
     let price = template.spec.price.per_run;
@@ -184,6 +192,9 @@ pub async fn submit(
         match api.create(&params, &task).await {
             Ok(created) => {
                 state.remember_created(&namespace, &name);
+                if let Some((key_hash, request_hash)) = &idempotency {
+                    return settle_race(state, tenant, created, key_hash, request_hash).await;
+                }
                 return Ok(created);
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -205,6 +216,63 @@ pub async fn submit(
         }
     }
     Err(ApiError::Internal("could not find a free task name".into()))
+}
+
+/// Tasks in the account's namespaces other than `namespace` that carry
+/// the Idempotency-Key, read from the apiserver (idempotent tasks share
+/// their name in every namespace). Only accounts with several namespaces pay
+/// these reads.
+async fn same_key_elsewhere(
+    state: &AppState,
+    tenant: &Tenant,
+    namespace: &str,
+    key_hash: &str,
+    request_hash: &str,
+) -> Result<Vec<(GpuTask, Result<()>)>> {
+    let name = idempotent_task_name(key_hash);
+    let mut found = Vec::new();
+    for other in tenant.namespaces.iter().filter(|ns| *ns != namespace) {
+        let api: Api<GpuTask> = Api::namespaced(state.client.clone(), other);
+        if let Some(task) = api.get_opt(&name).await?
+            && let Some(verdict) = idempotent_match(&task, key_hash, request_hash, Timestamp::now())
+        {
+            found.push((task, verdict));
+        }
+    }
+    Ok(found)
+}
+
+/// Settles two requests with the same Idempotency-Key that created tasks in
+/// two namespaces of the account at the same moment (templates in different
+/// namespaces; within one namespace the shared name lets only one create
+/// succeed). After its create, a request looks for a live task with the key
+/// elsewhere; if there is one, it cancels its own task and answers as if the
+/// other had come first: that task if it is the same request, else 409. Of
+/// two such creates, the later one always sees the earlier, so at most one
+/// task keeps running (both yield only if both look before either cancels).
+async fn settle_race(
+    state: &AppState,
+    tenant: &Tenant,
+    created: GpuTask,
+    key_hash: &str,
+    request_hash: &str,
+) -> Result<GpuTask> {
+    if tenant.namespaces.len() < 2 {
+        return Ok(created);
+    }
+    let namespace = created.namespace().unwrap_or_default();
+    let others = same_key_elsewhere(state, tenant, &namespace, key_hash, request_hash).await?;
+    let Some((other, verdict)) = others.into_iter().find(|(t, _)| !t.spec.cancel) else {
+        return Ok(created);
+    };
+    tracing::info!(
+        task = %created.name_any(),
+        %namespace,
+        other = %other.namespace().unwrap_or_default(),
+        "an Idempotency-Key was used for two tasks at once; canceling this one"
+    );
+    super::v1::patch_task(state, &created, serde_json::json!({"spec": {"cancel": true}})).await?;
+    verdict.map(|()| other)
 }
 
 #[cfg(test)]

@@ -16,9 +16,10 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::error::{ApiError, Result};
 use super::http::{JsonBody, Tenant, json_response};
+use super::index::ListFilter;
 use super::submit::{self, Submission};
 use super::wire::{self, AccountLimits, AccountView, Cursor, Envelope, RunAccepted, TaskList, TaskStatus, TaskView};
-use crate::resources::{GpuTask, TaskPhase, managers};
+use crate::resources::{GpuTask, managers};
 
 /// How long a cancel waits for the task to end before it answers.
 const CANCEL_WAIT: Duration = Duration::from_secs(3);
@@ -46,27 +47,51 @@ pub fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
 /// The view of a task with its queue position among the tenant's tasks.
 pub fn view(state: &AppState, tenant: &Tenant, task: &GpuTask) -> TaskView {
     let position = if wire::TaskStatus::of(task.phase()) == TaskStatus::Queued {
-        let tasks = state.caches.tasks_in(&tenant.namespaces);
-        wire::queue_position(task, tasks.iter().map(Arc::as_ref))
+        let (namespace, name) = (task.namespace().unwrap_or_default(), task.name_any());
+        state.caches.task_index.read().queue_position(&tenant.namespaces, &namespace, &name)
     } else {
         None
     };
     wire::task_view(task, position)
 }
 
-/// Finds a tenant's task, giving the cache a moment to catch up with a task
-/// this replica just created.
+/// Whether `s` can be the name of a Kubernetes object (a DNS-1123 subdomain).
+pub fn is_object_name(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    (1..=253).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// Finds a tenant's task. The cache answers nearly always; a task this
+/// replica just created gets a moment for the cache to catch up, and any
+/// other miss of a well-formed id costs one apiserver GET per namespace of
+/// the account (usually one), since the task may have been created a moment
+/// ago through another replica. Requests are rate-limited per account, so
+/// these reads are too.
 pub async fn find_task(state: &AppState, tenant: &Tenant, task_id: &str) -> Result<Arc<GpuTask>> {
+    let not_found = || ApiError::TaskNotFound(format!("Task {task_id} not found"));
     if let Some(task) = state.caches.task(&tenant.namespaces, task_id) {
         return Ok(task);
     }
+    if !is_object_name(task_id) {
+        return Err(not_found());
+    }
     if let Some(namespace) = state.recently_created(&tenant.namespaces, task_id) {
-        let waited = state.wait_for_task(&namespace, task_id, Duration::from_secs(5), |_| true).await;
+        let waited = state.wait_for_task(&namespace, task_id, Duration::from_secs(1), |_| true).await;
         if let Some(task) = waited {
             return Ok(task);
         }
     }
-    Err(ApiError::TaskNotFound(format!("Task {task_id} not found")))
+    for namespace in &tenant.namespaces {
+        let api: Api<GpuTask> = Api::namespaced(state.client.clone(), namespace);
+        if let Some(task) = api.get_opt(task_id).await? {
+            tracing::debug!(task = task_id, %namespace, "task read from the apiserver: not in the cache yet");
+            return Ok(Arc::new(task));
+        }
+    }
+    Err(not_found())
 }
 
 #[utoipa::path(
@@ -101,12 +126,10 @@ pub async fn run(
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
     let request = submit::parse_run_request(&body)?;
-    let not_found = || ApiError::TemplateNotFound(format!("Template {} not found", request.template_id));
-    let namespace = tenant.namespaces.first().ok_or_else(not_found)?;
-    let template = wire::template_names(&request.template_id)
-        .iter()
-        .find_map(|name| state.caches.template(namespace, name))
-        .ok_or_else(not_found)?;
+    let template = state
+        .caches
+        .template_by_id(&tenant.namespaces, &request.template_id)
+        .ok_or_else(|| ApiError::TemplateNotFound(format!("Template {} not found", request.template_id)))?;
     let body = serde_json::to_value(&request).expect("JSON serializes");
     let submission = Submission {
         template,
@@ -159,12 +182,17 @@ fn prefer_applied(response: &mut Response, seconds: u64) {
     path = "/v1/tasks/{task_id}",
     tag = "runkey",
     summary = "Get task status",
-    params(("task_id" = String, Path, description = "The task id returned by POST /v1/run")),
+    description = "The task. With `Prefer: wait=N` (N ≤ 60) the answer waits up to N seconds for the task to change its status or progress (or to end), so that a client following a task needs few requests; `Preference-Applied` echoes the wait honoured.",
+    params(
+        ("task_id" = String, Path, description = "The task id returned by POST /v1/run"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (at most 60) for the task's status or progress to change."),
+    ),
     responses(
         (status = 200, description = "The task", body = Envelope<TaskView>),
         (status = 401, description = "40001 invalid or missing API key", body = wire::ErrorBody),
         (status = 404, description = "40006 task not found", body = wire::ErrorBody),
         (status = 429, description = "40003 rate limit exceeded", body = wire::ErrorBody),
+        (status = 500, description = "50001 internal server error", body = wire::ErrorBody),
         (status = 503, description = "50001 the gateway is starting", body = wire::ErrorBody),
     ),
     security(("api_key" = []))
@@ -173,9 +201,29 @@ pub async fn get_task(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     Path(task_id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response> {
-    let task = find_task(&state, &tenant, &task_id).await?;
-    Ok(json_response(StatusCode::OK, &Envelope::ok(view(&state, &tenant, &task))))
+    let mut task = find_task(&state, &tenant, &task_id).await?;
+    let applied = prefer_wait(&headers);
+    if let Some(seconds) = applied
+        && !task.is_terminal()
+    {
+        let seen = (TaskStatus::of(task.phase()), task.status.as_ref().and_then(|s| s.progress));
+        let namespace = task.namespace().unwrap_or_default();
+        let changed = |t: &GpuTask| {
+            t.is_terminal() || (TaskStatus::of(t.phase()), t.status.as_ref().and_then(|s| s.progress)) != seen
+        };
+        if let Some(latest) = state.wait_for_task(&namespace, &task_id, Duration::from_secs(seconds), changed).await {
+            task = latest;
+        } else if let Some(latest) = state.caches.task(std::slice::from_ref(&namespace), &task_id) {
+            task = latest;
+        }
+    }
+    let mut response = json_response(StatusCode::OK, &Envelope::ok(view(&state, &tenant, &task)));
+    if let Some(seconds) = applied {
+        prefer_applied(&mut response, seconds);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -252,7 +300,7 @@ pub async fn redeliver_webhook(
 }
 
 /// Merge-patches a task as the gateway; a task gone meanwhile is 40006.
-async fn patch_task(state: &AppState, task: &GpuTask, patch: serde_json::Value) -> Result<GpuTask> {
+pub(super) async fn patch_task(state: &AppState, task: &GpuTask, patch: serde_json::Value) -> Result<GpuTask> {
     let name = task.name_any();
     let api: Api<GpuTask> = Api::namespaced(state.client.clone(), &task.namespace().unwrap_or_default());
     let params = PatchParams { field_manager: Some(managers::API.into()), ..Default::default() };
@@ -318,23 +366,10 @@ pub async fn list_tasks(
         None | Some("") => None,
         Some(s) => Some(Cursor::decode(s).ok_or_else(|| ApiError::InvalidInput("cursor: invalid".into()))?),
     };
-    let all = state.caches.tasks_in(&tenant.namespaces);
     let template = query.template_id.as_deref().filter(|t| !t.is_empty());
-    let matching: Vec<&GpuTask> = all
-        .iter()
-        .map(Arc::as_ref)
-        .filter(|t| status.is_none_or(|s| TaskStatus::of(t.phase()) == s))
-        .filter(|t| template.is_none_or(|id| wire::template_id(t) == id || t.spec.template_ref.name == id))
-        .collect();
-    let (page, next) = wire::page(matching, cursor.as_ref(), limit);
-    let positions = wire::queue_positions(all.iter().map(Arc::as_ref));
-    let tasks = page
-        .into_iter()
-        .map(|t| {
-            let key = (t.metadata.namespace.clone().unwrap_or_default(), t.metadata.name.clone().unwrap_or_default());
-            wire::task_view(t, positions.get(&key).copied())
-        })
-        .collect();
+    let filter = ListFilter { status, template };
+    let (keys, next) = state.caches.task_index.read().page(&tenant.namespaces, &filter, cursor.as_ref(), limit);
+    let tasks = keys.iter().filter_map(|key| state.caches.task_at(key)).map(|t| view(&state, &tenant, &t)).collect();
     let list = TaskList { tasks, next_cursor: next.map(|c| c.encode()) };
     Ok(json_response(StatusCode::OK, &Envelope::ok(list)))
 }
@@ -354,13 +389,14 @@ pub async fn list_tasks(
     security(("api_key" = []))
 )]
 pub async fn account(State(state): State<AppState>, Extension(tenant): Extension<Tenant>) -> Result<Response> {
-    let tasks = state.caches.tasks_in(&tenant.namespaces);
-    let count =
-        |phase: TaskPhase| tasks.iter().filter(|t| t.phase().unwrap_or(TaskPhase::Queued) == phase).count() as u32;
+    let (running, queued) = {
+        let index = state.caches.task_index.read();
+        (index.count(&tenant.namespaces, TaskStatus::Running), index.count(&tenant.namespaces, TaskStatus::Queued))
+    };
     let spec = &tenant.account.spec;
     let limits = spec.effective_limits();
     let view = AccountView {
-        email: spec.email.clone(),
+        email: spec.email.clone().unwrap_or_default(),
         balance: tenant.account.balance(),
         plan: spec.plan.as_str().to_string(),
         limits: AccountLimits {
@@ -368,8 +404,8 @@ pub async fn account(State(state): State<AppState>, Extension(tenant): Extension
             requests_per_minute: limits.requests_per_minute,
             gpus: limits.gpus,
         },
-        running: count(TaskPhase::Running),
-        queued: count(TaskPhase::Queued),
+        running,
+        queued,
     };
     Ok(json_response(StatusCode::OK, &Envelope::ok(view)))
 }

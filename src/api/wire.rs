@@ -275,8 +275,9 @@ pub struct TaskList {
 /// `data` of `GET /v1/account`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct AccountView {
+    /// The account's email; "" when it has none.
     #[schema(example = "user@example.com")]
-    pub email: Option<String>,
+    pub email: String,
     /// Credits left.
     #[schema(example = 5000)]
     pub balance: i64,
@@ -451,24 +452,6 @@ pub fn queue_position<'a>(task: &GpuTask, tasks: impl IntoIterator<Item = &'a Gp
     Some(u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1))
 }
 
-/// The 1-based queue position of every queued task among `tasks`, keyed by
-/// (namespace, name); one sort instead of one scan per task.
-pub fn queue_positions<'a>(
-    tasks: impl IntoIterator<Item = &'a GpuTask>,
-) -> std::collections::HashMap<(String, String), u32> {
-    let mut queued: Vec<&GpuTask> =
-        tasks.into_iter().filter(|t| TaskStatus::of(t.phase()) == TaskStatus::Queued && !t.spec.cancel).collect();
-    queued.sort_by(|a, b| queue_order(a, b));
-    queued
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (ns, name) = name(t);
-            ((ns.to_string(), name.to_string()), u32::try_from(i + 1).unwrap_or(u32::MAX))
-        })
-        .collect()
-}
-
 /// List order: newest first, ties broken by namespace and name (descending).
 pub fn list_order(a: &GpuTask, b: &GpuTask) -> Ordering {
     created(b).cmp(&created(a)).then(name(b).cmp(&name(a)))
@@ -507,28 +490,13 @@ impl Cursor {
         }
         Some(Self { created, namespace, name })
     }
-
-    /// True if `task` comes after this cursor in list order.
-    pub fn is_before(&self, task: &GpuTask) -> bool {
-        let (namespace, name) = name(task);
-        let key = (created(task).as_second(), namespace, name);
-        key < (self.created, self.namespace.as_str(), self.name.as_str())
-    }
 }
 
-/// One page of `tasks` (already filtered), newest first, after `cursor`.
-pub fn page<'a>(
-    mut tasks: Vec<&'a GpuTask>,
-    cursor: Option<&Cursor>,
-    limit: usize,
-) -> (Vec<&'a GpuTask>, Option<Cursor>) {
-    tasks.sort_by(|a, b| list_order(a, b));
-    let mut rest: Vec<&GpuTask> = tasks.into_iter().filter(|t| cursor.is_none_or(|c| c.is_before(t))).collect();
-    let more = rest.len() > limit;
-    rest.truncate(limit);
-    let next = more.then(|| Cursor::after(rest[rest.len() - 1]));
-    (rest, next)
-}
+/// RunningHub's errorCode of a canceled task (which reports FAILED): the
+/// RunKey status name, since neither seed has a code for it.
+pub const CANCELED_ERROR_CODE: &str = "canceled";
+/// RunningHub's errorMessage of a canceled task, in the seed's words.
+pub const CANCELED_MESSAGE: &str = "Canceled by user";
 
 /// RunningHub status of a task.
 pub fn rh_status(phase: Option<TaskPhase>) -> RhStatus {
@@ -548,7 +516,7 @@ pub fn rh_task(task: &GpuTask, client_id: String) -> RhTask {
             status.error_code.unwrap_or(crate::resources::codes::INTERNAL).to_string(),
             status.error_message.or(status.message).unwrap_or_else(|| "the task failed".into()),
         ),
-        Some(TaskPhase::Canceled) => (String::new(), "canceled".into()),
+        Some(TaskPhase::Canceled) => (CANCELED_ERROR_CODE.to_string(), CANCELED_MESSAGE.to_string()),
         _ => (String::new(), String::new()),
     };
     let results = (status.phase == Some(TaskPhase::Completed))
@@ -701,22 +669,6 @@ mod tests {
     }
 
     #[test]
-    fn queue_positions_agree_with_queue_position() {
-        let tasks = [
-            task("ns", "a", 100, 0, Some(TaskPhase::Queued)),
-            task("ns", "b", 50, 0, None),
-            task("ns2", "c", 200, 5, None),
-            task("ns", "r", 10, 100, Some(TaskPhase::Running)),
-        ];
-        let all = queue_positions(tasks.iter());
-        assert_eq!(all.len(), 3);
-        for t in &tasks {
-            let key = (t.metadata.namespace.clone().unwrap(), t.metadata.name.clone().unwrap());
-            assert_eq!(all.get(&key).copied(), queue_position(t, tasks.iter()));
-        }
-    }
-
-    #[test]
     fn queue_position_breaks_ties_by_name() {
         let a = task("ns", "a", 100, 0, None);
         let b = task("ns", "b", 100, 0, None);
@@ -779,25 +731,6 @@ mod tests {
     }
 
     #[test]
-    fn pages_walk_newest_first_without_gaps_or_repeats() {
-        let tasks: Vec<GpuTask> = (0..7).map(|i| task("ns", &format!("t{i}"), 100 + (i / 2), 0, None)).collect();
-        let mut seen = Vec::new();
-        let mut cursor = None;
-        loop {
-            let (items, next) = page(tasks.iter().collect(), cursor.as_ref(), 3);
-            seen.extend(items.iter().map(|t| t.metadata.name.clone().unwrap()));
-            match next {
-                Some(c) => cursor = Some(Cursor::decode(&c.encode()).unwrap()),
-                None => break,
-            }
-        }
-        assert_eq!(seen, vec!["t6", "t5", "t4", "t3", "t2", "t1", "t0"]);
-        let (items, next) = page(tasks.iter().collect(), None, 7);
-        assert_eq!(items.len(), 7);
-        assert!(next.is_none());
-    }
-
-    #[test]
     fn results_map_urls_and_text() {
         let output = json!({
             "thumbnail_url": "https://cdn.example.com/thumbs/x.JPG?sig=1",
@@ -830,7 +763,8 @@ mod tests {
         assert_eq!(rh_status(Some(TaskPhase::Completed)), RhStatus::Success);
         let canceled = rh_task(&task("ns", "t", 0, 0, Some(TaskPhase::Canceled)), String::new());
         assert_eq!(canceled.status, RhStatus::Failed);
-        assert_eq!(canceled.error_message, "canceled");
+        assert_eq!(canceled.error_code, "canceled");
+        assert_eq!(canceled.error_message, "Canceled by user");
         assert_eq!(canceled.results, None);
         let mut done = task("ns", "t", 0, 0, Some(TaskPhase::Completed));
         done.status.as_mut().unwrap().output = Some(json!({"url": "https://x.io/a.webp"}));
