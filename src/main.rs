@@ -50,6 +50,9 @@ struct ApiArgs {
     /// File holding the key that derives per-task progress tokens (shared with the controller); without it progress callbacks are refused.
     #[arg(long, env = "RUNPLANE_CALLBACK_KEY_FILE")]
     callback_key_file: Option<PathBuf>,
+    /// Destinations a submitted webhook_url may name although they are private or loopback (CIDR, repeatable; give the controller the same).
+    #[arg(long = "webhook-allow-cidr", value_name = "CIDR")]
+    webhook_allow_cidr: Vec<ipnet::IpNet>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -343,8 +346,12 @@ async fn main() -> anyhow::Result<()> {
                 Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
                 None => None,
             };
-            let config =
-                runplane::api::Config { listen: args.listen, key_namespace: args.namespace.clone(), callback_key };
+            let config = runplane::api::Config {
+                listen: args.listen,
+                key_namespace: args.namespace.clone(),
+                callback_key,
+                webhook_allow: args.webhook_allow_cidr.clone(),
+            };
             runplane::api::run(client, config).await
         }
         Command::Apikey(command) => apikey(command).await,

@@ -55,6 +55,8 @@ pub struct Config {
     /// Key that derives per-task progress tokens (shared with the controller);
     /// None disables the progress callback.
     pub callback_key: Option<Vec<u8>>,
+    /// Private or loopback ranges a submitted webhook URL may still name.
+    pub webhook_allow: Vec<ipnet::IpNet>,
 }
 
 /// What every handler shares.
@@ -66,6 +68,8 @@ pub struct AppState {
     pub limiter: Arc<ratelimit::RateLimiter>,
     pub ready: Arc<AtomicBool>,
     pub callback_key: Option<Arc<[u8]>>,
+    /// Private or loopback ranges a submitted webhook URL may still name.
+    pub webhook_allow: Arc<[ipnet::IpNet]>,
     openapi: Arc<String>,
     /// Tasks this replica created lately, so that a GET right after the POST
     /// waits for the cache instead of answering "not found".
@@ -90,6 +94,7 @@ impl AppState {
             limiter: Arc::default(),
             ready: Arc::new(AtomicBool::new(false)),
             callback_key: callback_key.map(Arc::from),
+            webhook_allow: Arc::from([]),
             openapi: Arc::new(openapi),
             recent: Arc::default(),
             schemas: Arc::default(),
@@ -192,7 +197,8 @@ pub fn app(state: AppState) -> Router {
 /// Serves the gateway until SIGTERM or Ctrl-C.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (caches, _reflectors) = caches::start(client.clone(), &config.key_namespace);
-    let state = AppState::new(client, caches.clone(), config.callback_key.clone());
+    let mut state = AppState::new(client, caches.clone(), config.callback_key.clone());
+    state.webhook_allow = Arc::from(config.webhook_allow.as_slice());
     if state.callback_key.is_none() {
         tracing::warn!("no --callback-key-file: progress callbacks are refused");
     }
