@@ -490,10 +490,7 @@ async fn errors_have_the_seed_codes_and_statuses() {
             json!({"template_id": "portrait", "input": {"image_url": "u"}, "webhook_url": "http://127.0.0.1:9/x"}),
             "webhook_url: account",
         ),
-        (
-            json!({"template_id": "portrait", "input": {"image_url": "u"}, "webhook_on_cancel": 1}),
-            "webhook_on_cancel:",
-        ),
+        (json!({"template_id": "portrait", "input": {"image_url": "u"}, "webhook_on_cancel": 1}), "webhook_on_cancel:"),
     ] {
         let answer = api.post("/v1/run", &body).await;
         answer.assert_error(400, 40005);

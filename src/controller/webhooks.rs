@@ -123,7 +123,7 @@ enum Entry {
     Written(Mark, Timestamp),
     /// This outcome could not be written: it is written again (not sent
     /// again) from `not_before`.
-    Unrecorded { record: Record, failures: u32, not_before: Timestamp },
+    Unrecorded { record: Box<Record>, failures: u32, not_before: Timestamp },
 }
 
 /// What to do with a task in this pass.
@@ -133,7 +133,7 @@ enum Plan {
     /// its backoff, or the cache does not show the last write yet.
     Wait,
     /// Write a remembered outcome again.
-    Rewrite(Record),
+    Rewrite(Box<Record>),
     /// Go by the status the cache shows.
     Fresh,
 }
@@ -183,7 +183,7 @@ impl Memory {
                 _ => 1,
             };
             let not_before = now + webhook::record_retry_delay(config, failures);
-            Entry::Unrecorded { record, failures, not_before }
+            Entry::Unrecorded { record: Box::new(record), failures, not_before }
         };
         self.entries.insert(uid.to_string(), entry);
     }
@@ -267,7 +267,7 @@ impl Deliverer {
                     waiting += 1;
                     continue;
                 }
-                Plan::Rewrite(record) => Work::Write(record),
+                Plan::Rewrite(record) => Work::Write(*record),
                 Plan::Fresh => {
                     let redeliver = task.annotations().get(labels::REDELIVER).cloned();
                     let previous = match current {
@@ -662,11 +662,11 @@ mod tests {
         assert!(record.status.delivered_at.is_some());
         memory.started("u");
         // It fails again: the wait doubles.
-        memory.finished("u", record, false, &config, ts(2));
+        memory.finished("u", *record, false, &config, ts(2));
         assert!(is_wait(memory.plan("u", Some(&before), ts(5))));
         let Plan::Rewrite(record) = memory.plan("u", Some(&before), ts(6)) else { panic!("written again at 2 + 4 s") };
         memory.started("u");
-        memory.finished("u", record.clone(), true, &config, ts(6));
+        memory.finished("u", (*record).clone(), true, &config, ts(6));
         // Written: the stale cache is not acted on, the fresh one is.
         assert!(is_wait(memory.plan("u", Some(&before), ts(7))));
         assert!(matches!(memory.plan("u", Some(&record.status), ts(7)), Plan::Fresh));
