@@ -1057,6 +1057,12 @@ async fn webhook_state_is_shown_and_redelivery_sends_the_same_event() {
     assert_eq!(sent["body"]["event"], "task.canceled");
     assert!(sent["runkey_ok"].as_bool().unwrap() && sent["standard_ok"].as_bool().unwrap());
 
+    // The OpenAPI document describes both.
+    let (_, doc) = http_get(&format!("{}/openapi.json", stack.gateway.url())).await.unwrap();
+    let schemas = serde_json::from_str::<Value>(&doc).unwrap()["components"]["schemas"].take();
+    assert_eq!(schemas["RunRequest"]["properties"]["webhook_on_cancel"]["type"], "boolean");
+    assert!(schemas["WebhookView"]["properties"]["gave_up_at"].is_object(), "{}", schemas["WebhookView"]);
+
     // Where a webhook may go is checked at submit time too (40005): no
     // credentials, no refused address unless --webhook-allow-cidr allows it
     // (127.0.0.1 above), and a host that resolves.

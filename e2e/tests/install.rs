@@ -3,8 +3,8 @@
 //! `helm install` creates every object (kwok fakes the pods, so the
 //! Deployments even become ready); then the controller runs outside the
 //! cluster authenticated as the chart's own ServiceAccount, which proves the
-//! chart's RBAC is enough for a whole task lifecycle and for leader election,
-//! and that it stops there. A real Prometheus scrapes the controller.
+//! chart's RBAC is enough for a whole task lifecycle, a signed webhook and
+//! leader election, and that it stops there. A real Prometheus scrapes the controller.
 //!
 //! Run with `make test`, or `bash e2e/install.sh` with the cluster up.
 

@@ -29,7 +29,7 @@ pub struct WebhookConfig {
     /// First retry delay; doubles per attempt up to `max_backoff`.
     pub backoff: SignedDuration,
     pub max_backoff: SignedDuration,
-    /// Retrying stops this long after the event.
+    /// Retrying stops this long after the delivery's first attempt.
     pub give_up_after: SignedDuration,
     /// Destinations allowed even though they are private or loopback.
     pub allow: Vec<IpNet>,
