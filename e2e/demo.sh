@@ -71,6 +71,7 @@ up() {
     [ -s "$DEMO/callback.key" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DEMO/callback.key"
     log "starting the controller (log: e2e/.cluster/demo/controller.log)"
     "$BIN" controller --kubeconfig "$KUBECONFIG_PATH" --leader-election=false \
+        --lease-namespace "$KEY_NAMESPACE" \
         --metrics-addr "$METRICS_ADDR" --callback-url "http://$API_ADDR" \
         --callback-key-file "$DEMO/callback.key" >"$DEMO/controller.log" 2>&1 &
     echo $! >"$DEMO/controller.pid"

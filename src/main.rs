@@ -59,6 +59,9 @@ struct ApiArgs {
     /// Namespace of --peer-service; the pod's namespace, else --namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     peer_namespace: Option<String>,
+    /// Destinations a submitted webhook_url may name although they are private or loopback (CIDR, repeatable; give the controller the same).
+    #[arg(long = "webhook-allow-cidr", value_name = "CIDR")]
+    webhook_allow_cidr: Vec<ipnet::IpNet>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -370,6 +373,7 @@ async fn main() -> anyhow::Result<()> {
                 key_namespace: args.namespace.clone(),
                 callback_key,
                 peers,
+                webhook_allow: args.webhook_allow_cidr.clone(),
             };
             runplane::api::run(client, config).await
         }

@@ -131,6 +131,11 @@ impl ControllerMetrics {
         for phase in crate::resources::TaskPhase::ALL {
             tasks.with_label_values(&[phase.as_str()]).set(0);
         }
+        // Every result exists from the start, at 0, so that rate() and
+        // alerts see the first one.
+        for result in crate::domain::webhook::DeliveryResult::ALL {
+            webhook_deliveries.with_label_values(&[result.as_label()]);
+        }
         Self {
             registry,
             tasks,

@@ -60,7 +60,13 @@ async fn sample_from_deploy_examples_completes_with_output() {
     let metrics = controller.metrics().await;
     assert!(metrics.contains("runplane_tasks{phase=\"Completed\"}"), "{metrics}");
     assert!(metrics.contains("runplane_admissions_total"), "{metrics}");
-    let (ok, out) = kubectl(&["delete", "-f", &path_str(&examples), "--wait=false"], None);
+    // Everything the examples made but runplane's own namespace, which
+    // later suites (the chart's) use.
+    for file in ["task.yaml", "template.yaml", "seed-templates.yaml", "account.yaml", "webhook-secret.yaml"] {
+        let (ok, out) = kubectl(&["delete", "-f", &path_str(&examples.join(file)), "--wait=false"], None);
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = kubectl(&["delete", "namespace", "demo", "--wait=false"], None);
     assert!(ok, "{out}");
 }
 

@@ -3,8 +3,8 @@
 //! `helm install` creates every object (kwok fakes the pods, so the
 //! Deployments even become ready); then the controller runs outside the
 //! cluster authenticated as the chart's own ServiceAccount, which proves the
-//! chart's RBAC is enough for a whole task lifecycle and for leader election,
-//! and that it stops there. A real Prometheus scrapes the controller.
+//! chart's RBAC is enough for a whole task lifecycle, a signed webhook and
+//! leader election, and that it stops there. A real Prometheus scrapes the controller.
 //!
 //! Run with `make test`, or `bash e2e/install.sh` with the cluster up.
 
@@ -32,6 +32,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 const LABEL: &str = "runplane.dev/e2e-install";
 /// The chart's default Lease name (controller.leaderElection.leaseName).
 const LEASE: &str = "runplane-controller";
+const WEBHOOK_SECRET: &str = "e2e-install-signing-secret";
 
 /// The helm binary: $HELM (e2e/install.sh sets it), else built by e2e/tools/build.sh.
 fn helm_bin() -> PathBuf {
@@ -286,6 +287,23 @@ fn assert_forbidden_outside_rbac(release: &Release, controller_kubeconfig: &Path
         );
     };
     refused(&["get", "secrets", "--all-namespaces"]);
+    // Secrets: get, by name, in the release namespace only (the webhook
+    // signing Secrets); never listed, watched, written, or read elsewhere.
+    let ns = release.namespace.as_str();
+    let callback = format!("{}-callback", release.fullname());
+    let (ok, out) = kubectl_as(controller_kubeconfig, &["get", "secret", &callback, "-n", ns, "-o", "name"]);
+    assert!(ok, "the controller's ServiceAccount may get a Secret of its namespace: {out}");
+    refused(&["get", "secrets", "-n", ns]);
+    let controller = format!("system:serviceaccount:{ns}:{}", release.controller_sa());
+    for verb in ["list", "watch", "create", "update", "patch", "delete"] {
+        let (may, _) = kubectl(&["auth", "can-i", verb, "secrets", "-n", ns, "--as", &controller], None);
+        assert!(!may, "the controller's ServiceAccount may {verb} Secrets");
+    }
+    refused(&["get", "secret", "anything", "-n", "kube-system"]);
+    refused(&["get", "secret", "anything", "-n", "default"]);
+    refused(&["create", "secret", "generic", "x", "-n", ns, "--dry-run=server"]);
+    refused(&["delete", "secret", &callback, "-n", ns, "--dry-run=server"]);
+    refused(&["annotate", "secret", &callback, "-n", ns, "e2e=1", "--dry-run=server"]);
     // Dry run: were it allowed, nothing would be deleted.
     refused(&["delete", "node", "gpu-node-0", "--dry-run=server"]);
     refused(&["get", "leases", "-n", "kube-system"]);
@@ -303,7 +321,6 @@ fn assert_forbidden_outside_rbac(release: &Release, controller_kubeconfig: &Path
         // Exit status 0 means yes (the output may carry warnings).
         kubectl(&all, None).0
     };
-    let ns = release.namespace.as_str();
     assert!(can(&["create", "gputasks.runplane.dev", "-n", "tenant-a"]));
     assert!(can(&["patch", "gputasks.runplane.dev", "--subresource=status", "-n", "tenant-a"]));
     assert!(can(&["list", "gpuaccounts.runplane.dev"]));
@@ -556,7 +573,28 @@ async fn helm_install_creates_every_object_and_its_service_account_runs_a_task_l
     release.upgrade();
     assert_eq!(std::fs::read(release.callback_key_file()).unwrap(), key, "an upgrade keeps the callback key");
 
-    let tenant = Tenant::new("install-life", "pro", 10_000).await;
+    // The account signs its webhooks with a Secret in the release namespace,
+    // the only one whose Secrets the controller may read.
+    let (ok, out) = kubectl(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "e2e-webhook-signing",
+            "-n",
+            &release.namespace,
+            &format!("--from-literal=primary={WEBHOOK_SECRET}"),
+        ],
+        None,
+    );
+    assert!(ok, "creating the signing Secret: {out}");
+    let tenant = Tenant::with_spec(
+        "install-life",
+        json!({"plan": "pro", "credits": 10_000, "webhook": {"secretRef": {"name": "e2e-webhook-signing"}}}),
+    )
+    .await;
+    let mut receiver = Receiver::planned(WEBHOOK_SECRET);
+    receiver.start().await;
     tenant.template("work", "1s", json!({"price": {"perRun": 7}})).await;
     tenant.template("long", "forever", json!({"price": {"perRun": 7}})).await;
     assert_no_other_controller(&tenant).await;
@@ -574,6 +612,7 @@ async fn helm_install_creates_every_object_and_its_service_account_runs_a_task_l
             "--identity=e2e-install",
             "--finished-ttl=4s",
             "--log-format=json",
+            "--webhook-allow-cidr=127.0.0.1/32",
             &key_flag,
         ],
     )
@@ -604,8 +643,15 @@ async fn helm_install_creates_every_object_and_its_service_account_runs_a_task_l
 
     // One more, surely seen Completed by Prometheus, which scrapes by now.
     prometheus.wait_value(r#"up{job="runplane-controller"}"#, |v| v == 1.0).await;
-    tenant.task("scraped", "work", json!({})).await;
+    tenant.task("scraped", "work", json!({"webhookUrl": receiver.url("/ok")})).await;
     tenant.wait_phase("scraped", TaskPhase::Completed, MINUTE).await;
+    // Its webhook, signed with the Secret that the chart's RBAC lets the
+    // controller read.
+    let delivered = wait_for("the signed webhook", MINUTE, || async { receiver.requests().into_iter().next() }).await;
+    assert_eq!((delivered["status"].as_u64(), delivered["path"].as_str()), (Some(200), Some("/ok")));
+    assert_eq!(delivered["body"]["event"], "task.completed");
+    assert_eq!(delivered["body"]["data"]["task_id"], "scraped");
+    assert!(delivered["runkey_ok"] == true && delivered["standard_ok"] == true, "signed: {delivered}");
 
     // A canceled task: its pod is released (finalizer patched) and deleted.
     tenant.task("stop", "long", json!({})).await;

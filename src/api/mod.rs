@@ -62,6 +62,8 @@ pub struct Config {
     pub callback_key: Option<Vec<u8>>,
     /// The other replicas, to share rate-limit counts with.
     pub peers: peers::PeerConfig,
+    /// Private or loopback ranges a submitted webhook URL may still name.
+    pub webhook_allow: Vec<ipnet::IpNet>,
 }
 
 /// What every handler shares.
@@ -81,6 +83,8 @@ pub struct AppState {
     pub progress_throttle: Arc<progress::Throttle>,
     /// When a key from a tenant's namespace was last logged, to log loudly but not endlessly.
     pub tenant_key_logged: Arc<Mutex<Option<Instant>>>,
+    /// Private or loopback ranges a submitted webhook URL may still name.
+    pub webhook_allow: Arc<[ipnet::IpNet]>,
     openapi: Arc<String>,
     /// Tasks this replica created lately, so that a GET right after the POST
     /// waits for the cache instead of answering "not found".
@@ -109,6 +113,7 @@ impl AppState {
             replica: Arc::from(hex::encode(rand::RngExt::random::<[u8; 8]>(&mut rand::rng()))),
             progress_throttle: Arc::default(),
             tenant_key_logged: Arc::default(),
+            webhook_allow: Arc::from([]),
             openapi: Arc::new(openapi),
             recent: Arc::default(),
             schemas: Arc::default(),
@@ -217,7 +222,8 @@ pub fn app(state: AppState) -> Router {
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (caches, _reflectors) = caches::start(client.clone(), &config.key_namespace);
     let client_for_peers = client.clone();
-    let state = AppState::new(client, caches.clone(), config.callback_key.clone());
+    let mut state = AppState::new(client, caches.clone(), config.callback_key.clone());
+    state.webhook_allow = Arc::from(config.webhook_allow.as_slice());
     if state.callback_key.is_none() {
         tracing::warn!("no --callback-key-file: progress callbacks are refused");
     }

@@ -63,6 +63,7 @@ pub async fn submit(
         template,
         input: body.clone(),
         webhook_url: None,
+        webhook_on_cancel: false,
         operation: format!("POST /openapi/v2/{alias}"),
         body,
     };

@@ -15,6 +15,7 @@ use super::AppState;
 use super::error::{ApiError, Result};
 use super::http::Tenant;
 use super::wire::{self, IDEMPOTENCY_KEY_ANNOTATION, REQUEST_HASH_ANNOTATION, TEMPLATE_ID_ANNOTATION};
+use crate::domain::webhook;
 use crate::resources::{GpuTask, GpuTaskSpec, GpuTemplate, TemplateRef, managers};
 
 /// How long an Idempotency-Key is remembered.
@@ -27,6 +28,8 @@ pub struct Submission {
     pub template_id: String,
     pub input: Value,
     pub webhook_url: Option<String>,
+    /// Also send the webhook when the task is canceled.
+    pub webhook_on_cancel: bool,
     /// What the request asked for, for the Idempotency-Key check:
     /// the operation and the canonical body.
     pub operation: String,
@@ -55,18 +58,66 @@ pub fn parse_run_request(body: &Value) -> Result<wire::RunRequest> {
         Some(Value::String(s)) => Some(check_webhook_url(s)?),
         Some(_) => return Err(invalid("webhook_url: must be a string")),
     };
-    Ok(wire::RunRequest { template_id, input, webhook_url })
+    let webhook_on_cancel = match object.get("webhook_on_cancel") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("webhook_on_cancel: must be a boolean")),
+    };
+    Ok(wire::RunRequest { template_id, input, webhook_url, webhook_on_cancel })
 }
 
-/// A webhook URL must be an absolute http(s) URL with a host.
+/// A webhook URL must be an absolute http(s) URL with a host and no
+/// credentials. (Where it may point is [`check_webhook_destination`]'s.)
 pub fn check_webhook_url(s: &str) -> Result<String> {
     if s.len() > 2048 {
         return Err(ApiError::InvalidInput("webhook_url: longer than 2048 characters".into()));
     }
     match wire::http_url(s) {
-        Some(_) if !s.chars().any(char::is_whitespace) => Ok(s.to_string()),
+        Some(_) if !s.chars().any(char::is_whitespace) => {
+            webhook::check_url(s).map_err(|why| ApiError::InvalidInput(format!("webhook_url: {why}")))?;
+            Ok(s.to_string())
+        }
         _ => Err(ApiError::InvalidInput(format!("webhook_url: {s:?} is not an http or https URL"))),
     }
+}
+
+/// How long a webhook URL's host may take to resolve.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a webhook URL must also pass once the tenant is known, so that a
+/// delivery the controller would refuse is refused now (40005): the account
+/// signs its webhooks (`spec.webhook.secretRef`; nothing is sent unsigned),
+/// and the host is neither an IP literal in a refused range nor a name that
+/// resolves only to refused addresses, unless `--webhook-allow-cidr` covers
+/// them. A name that does not resolve now is accepted: nothing shows it is
+/// private, DNS may be failing for a moment, and the controller checks every
+/// address again at each delivery (as it does for a name with both kinds).
+pub async fn check_webhook_destination(state: &AppState, tenant: &Tenant, url: &str) -> Result<()> {
+    let invalid = |why: String| ApiError::InvalidInput(format!("webhook_url: {why}"));
+    if tenant.account.spec.webhook.as_ref().and_then(|w| w.secret_ref.as_ref()).is_none() {
+        return Err(invalid(format!(
+            "account {} has no webhook signing secret (spec.webhook.secretRef) and webhooks are only sent signed; \
+             ask the administrator to set one",
+            tenant.name
+        )));
+    }
+    let parsed = webhook::check_url(url).map_err(invalid)?;
+    let addresses = match webhook::ip_literal(&parsed) {
+        Some(ip) => vec![ip],
+        None => {
+            let host = parsed.host_str().unwrap_or_default();
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            let found = match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                _ => Vec::new(),
+            };
+            if found.is_empty() {
+                return Ok(());
+            }
+            found
+        }
+    };
+    webhook::check_any_address(&addresses, &state.webhook_allow).map_err(invalid)
 }
 
 /// A new task name: `task-<12 hex>`.
@@ -154,6 +205,10 @@ pub async fn submit(
         )));
     }
 
+    if let Some(url) = &submission.webhook_url {
+        check_webhook_destination(state, tenant, url).await?;
+    }
+
     let template_name = template.name_any();
     let mut annotations = std::collections::BTreeMap::new();
     if submission.template_id != template_name {
@@ -173,7 +228,7 @@ pub async fn submit(
             template_ref: TemplateRef { name: template_name },
             input: submission.input,
             webhook_url: submission.webhook_url,
-            webhook_on_cancel: false,
+            webhook_on_cancel: submission.webhook_on_cancel,
             priority: 0,
             timeout_seconds: None,
             cancel: false,
@@ -303,6 +358,20 @@ mod tests {
             let m = msg(json!({"template_id": "t", "input": {}, "webhook_url": bad}));
             assert!(m.starts_with("webhook_url:"), "{bad}: {m}");
         }
+        for with_credentials in ["https://user:pw@example.com/hook", "https://token@example.com/hook"] {
+            let m = msg(json!({"template_id": "t", "input": {}, "webhook_url": with_credentials}));
+            assert!(m.starts_with("webhook_url:") && m.contains("credentials"), "{with_credentials}: {m}");
+        }
+        assert!(!ok.webhook_on_cancel, "off unless asked");
+        let on = parse_run_request(&json!({"template_id": "t", "input": {}, "webhook_on_cancel": true})).unwrap();
+        assert!(on.webhook_on_cancel);
+        assert!(
+            msg(json!({"template_id": "t", "input": {}, "webhook_on_cancel": "yes"})).starts_with("webhook_on_cancel:")
+        );
+        // Not asked for, it is left out of the canonical body (and so of
+        // the Idempotency-Key's request hash of earlier requests).
+        assert_eq!(serde_json::to_value(&ok).unwrap().get("webhook_on_cancel"), None);
+        assert_eq!(serde_json::to_value(&on).unwrap()["webhook_on_cancel"], true);
         assert!(
             parse_run_request(&json!({"template_id": "t", "input": {}, "webhook_url": null}))
                 .unwrap()

@@ -136,6 +136,7 @@ pub async fn run(
         template_id: request.template_id,
         input: request.input,
         webhook_url: request.webhook_url,
+        webhook_on_cancel: request.webhook_on_cancel,
         operation: "POST /v1/run".into(),
         body,
     };

@@ -66,6 +66,10 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "https://your-server.com/callback", max_length = 2048)]
     pub webhook_url: Option<String>,
+    /// Also send the webhook (event `task.canceled`) when the task is
+    /// canceled; by default only `task.completed` and `task.failed` are sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub webhook_on_cancel: bool,
 }
 
 /// `data` of a `POST /v1/run` answered 202.
@@ -225,19 +229,30 @@ pub struct WebhookView {
     pub id: String,
     /// `task.completed`, `task.failed` or `task.canceled`.
     pub event: String,
-    /// `pending`, `delivered` or `failed` (given up).
+    /// The destination.
+    pub url: String,
+    /// `pending`, `delivered` or `failed` (given up: see `last_error`).
     pub state: String,
+    /// Requests sent so far.
     pub attempts: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_at: Option<String>,
+    /// HTTP status of the last answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_status_code: Option<i32>,
+    /// Why the last attempt failed, or why the delivery was given up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When the next attempt is due (while pending).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<String>,
+    /// When retrying stopped without delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up_at: Option<String>,
 }
 
 impl WebhookView {
@@ -252,13 +267,16 @@ impl WebhookView {
         Self {
             id: w.id.clone(),
             event: w.event.clone(),
+            url: w.url.clone(),
             state: state.into(),
             attempts: w.attempts,
+            first_attempt_at: w.first_attempt_at.as_ref().map(timestamp),
             last_attempt_at: w.last_attempt_at.as_ref().map(timestamp),
             last_status_code: w.last_status_code,
             last_error: w.last_error.clone(),
             next_attempt_at: w.next_attempt_at.as_ref().map(timestamp),
             delivered_at: w.delivered_at.as_ref().map(timestamp),
+            gave_up_at: w.gave_up_at.as_ref().map(timestamp),
         }
     }
 }

@@ -108,7 +108,7 @@ pub struct AccountWebhook {
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))").message("must be an http or https URL"))]
     pub url: Option<String>,
-    /// Secret (in the controller's namespace unless given) whose values are the active signing secrets.
+    /// Secret in the controller's namespace (the chart's release namespace) whose values are the active signing secrets; one in another namespace is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
 }
@@ -119,7 +119,7 @@ pub struct SecretRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Namespace of the Secret.
+    /// Namespace of the Secret; if given, it must be the controller's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,

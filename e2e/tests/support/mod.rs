@@ -105,12 +105,33 @@ where
     }
 }
 
+/// For what must not happen: checks `check` every 100 ms for `duration`,
+/// and panics, naming `what`, as soon as it is false.
+pub async fn holds_for<F, Fut>(what: &str, duration: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        assert!(check().await, "{what} stopped holding");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of one series in a Prometheus exposition, e.g.
+/// `runplane_webhook_deliveries_total{result="delivered"}`.
+pub fn metric_line(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A `runplane controller` child process, killed when dropped.
 pub struct Controller {
     child: Option<Child>,
     pub metrics_port: u16,
     args: Vec<String>,
     kubeconfig: PathBuf,
+    env: Vec<(String, String)>,
     pub log: PathBuf,
 }
 
@@ -131,6 +152,17 @@ impl Controller {
     /// Like [`Controller::start_raw`], authenticated by another kubeconfig
     /// (e.g. a ServiceAccount token, to test its RBAC).
     pub async fn start_as(kubeconfig: &Path, extra: &[&str]) -> Self {
+        Self::start_as_with_env(kubeconfig, extra, &[]).await
+    }
+
+    /// Like [`Controller::start`], with extra environment variables.
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec!["--leader-election=false"];
+        args.extend_from_slice(extra);
+        Self::start_as_with_env(&kubeconfig(), &args, env).await
+    }
+
+    async fn start_as_with_env(kubeconfig: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();
         let mut args: Vec<String> = vec![
             "controller".into(),
@@ -141,7 +173,8 @@ impl Controller {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::env::temp_dir().join(format!("runplane-e2e-controller-{metrics_port}.log"));
-        let mut controller = Self { child: None, metrics_port, args, kubeconfig: kubeconfig.to_path_buf(), log };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut controller = Self { child: None, metrics_port, args, kubeconfig: kubeconfig.to_path_buf(), env, log };
         controller.spawn().await;
         controller
     }
@@ -153,6 +186,7 @@ impl Controller {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -639,24 +673,30 @@ pub struct Receiver {
     pub port: u16,
     pub log: PathBuf,
     pub fail_flag: PathBuf,
-    secret: String,
+    secrets: Vec<String>,
 }
 
 impl Receiver {
     /// A receiver that is not listening yet (deliveries to it fail).
     pub fn planned(secret: &str) -> Self {
+        Self::planned_with(&[secret])
+    }
+
+    /// Like [`Receiver::planned`], verifying with any of several secrets.
+    pub fn planned_with(secrets: &[&str]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir();
         let log = dir.join(format!("runplane-e2e-webhooks-{port}.jsonl"));
         let fail_flag = dir.join(format!("runplane-e2e-webhooks-{port}.fail"));
         let _ = std::fs::remove_file(&log);
-        Self { child: None, port, log, fail_flag, secret: secret.into() }
+        Self { child: None, port, log, fail_flag, secrets: secrets.iter().map(|s| s.to_string()).collect() }
     }
 
     pub async fn start(&mut self) {
         let child = Command::new("python3")
             .arg(repo().join("e2e/webhook_receiver.py"))
-            .args(["--port", &self.port.to_string(), "--secret", &self.secret, "--lifetime", "600"])
+            .args(["--port", &self.port.to_string(), "--lifetime", "600"])
+            .args(self.secrets.iter().flat_map(|s| ["--secret", s.as_str()]))
             .arg("--log")
             .arg(&self.log)
             .arg("--fail-flag")
