@@ -10,6 +10,7 @@ use jiff::SignedDuration;
 use runplane::controller;
 use runplane::domain::lifecycle::LifecycleConfig;
 use runplane::domain::pod::PodConfig;
+use runplane::resources::Plans;
 use runplane::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
@@ -62,6 +63,9 @@ struct ApiArgs {
     /// Destinations a submitted webhook_url may name although they are private or loopback (CIDR, repeatable; give the controller the same).
     #[arg(long = "webhook-allow-cidr", value_name = "CIDR")]
     webhook_allow_cidr: Vec<ipnet::IpNet>,
+    /// Limits of a plan: NAME=CONCURRENT,RPM[,GPUS] (free, pro or team; repeatable). Defaults: free=5,30 pro=10,60 team=25,120. Give the controller the same.
+    #[arg(long = "plan", value_name = "NAME=CONCURRENT,RPM[,GPUS]")]
+    plan: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -269,6 +273,9 @@ struct ControllerArgs {
     /// Stop retrying a webhook this long after its first attempt.
     #[arg(long, default_value = "72h", value_parser = parse_duration)]
     webhook_give_up_after: SignedDuration,
+    /// Limits of a plan: NAME=CONCURRENT,RPM[,GPUS] (free, pro or team; repeatable). Defaults: free=5,30 pro=10,60 team=25,120. Give the gateway the same.
+    #[arg(long = "plan", value_name = "NAME=CONCURRENT,RPM[,GPUS]")]
+    plan: Vec<String>,
     /// Tasks reconciled at once.
     #[arg(long, default_value_t = 16)]
     reconcile_concurrency: u16,
@@ -353,6 +360,7 @@ async fn main() -> anyhow::Result<()> {
                     give_up_after: args.webhook_give_up_after,
                     allow: args.webhook_allow_cidr.clone(),
                 },
+                plans: Plans::from_flags(&args.plan).map_err(|e| anyhow::anyhow!("--plan {e}"))?,
             };
             controller::run(client, config).await
         }
@@ -374,6 +382,7 @@ async fn main() -> anyhow::Result<()> {
                 callback_key,
                 peers,
                 webhook_allow: args.webhook_allow_cidr.clone(),
+                plans: Plans::from_flags(&args.plan).map_err(|e| anyhow::anyhow!("--plan {e}"))?,
             };
             runplane::api::run(client, config).await
         }

@@ -1740,3 +1740,28 @@ async fn webhook_state_is_shown_and_redelivery_sends_the_same_event() {
     tenant.cleanup().await;
     keys.cleanup().await;
 }
+
+#[tokio::test]
+async fn plan_limits_come_from_the_operators_table() {
+    let _cluster = serial();
+    sweep().await;
+    let tenant = Tenant::new("plans", "free", 100).await;
+    let keys = KeyNamespace::new().await;
+    let key = keys.key(&tenant.name);
+    let key_file = TempFile(std::env::temp_dir().join(format!("runplane-e2e-plans-{:08x}.key", rand_u32())));
+    std::fs::write(&key_file.0, b"e2e-plans-callback-key").unwrap();
+    // The free plan, changed by the operator: 7 requests a minute, 2 tasks, 3 GPUs.
+    let gateway = Gateway::start(free_port(), &keys.name, &key_file.0, &["--plan=free=2,7,3".to_string()]).await;
+    let api = Client { base: gateway.url(), key, http: reqwest::Client::new() };
+    at_least_left_in_minute(10).await;
+    let account = api.get("/v1/account").await;
+    assert_eq!(account.status, StatusCode::OK, "{}", account.body);
+    assert_eq!(account.body["data"]["limits"], json!({"concurrent_tasks": 2, "requests_per_minute": 7, "gpus": 3}));
+    account.assert_rate_limit_headers(7);
+    for _ in 0..6 {
+        api.get("/v1/account").await;
+    }
+    api.get("/v1/account").await.assert_error(429, 40003);
+    tenant.cleanup().await;
+    keys.cleanup().await;
+}

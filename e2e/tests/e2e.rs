@@ -812,3 +812,28 @@ async fn pods_that_name_another_account_do_not_use_up_its_limit() {
     victim.cleanup().await;
     attacker.cleanup().await;
 }
+
+#[tokio::test]
+async fn plan_limits_come_from_the_operators_table() {
+    let _cluster = serial();
+    sweep().await;
+    // The free plan, changed by the operator: 2 tasks at once instead of 5.
+    let _controller = Controller::start(&["--plan=free=2,30"]).await;
+    let tenant = Tenant::new("plan", "free", 1000).await;
+    tenant.template("forever", "forever", json!({})).await;
+    for i in 0..4 {
+        tenant.task(&format!("t{i}"), "forever", json!({})).await;
+    }
+    wait_for("two tasks running and two waiting on the account's limit", MINUTE, || async {
+        let tasks = tenant.tasks().list(&ListParams::default()).await.ok()?.items;
+        let running = tasks.iter().filter(|t| t.phase() == Some(TaskPhase::Running)).count();
+        let waiting = tasks
+            .iter()
+            .filter(|t| t.status.as_ref().and_then(|s| s.wait_reason) == Some(WaitReason::AccountLimit))
+            .count();
+        (running == 2 && waiting == 2).then_some(())
+    })
+    .await;
+    assert_eq!(tenant.live_pods().await.len(), 2, "no more pods than the plan allows");
+    tenant.cleanup().await;
+}

@@ -19,7 +19,7 @@ use super::caches::KeyRefusal;
 use super::error::{ApiError, Format};
 use super::keys;
 use super::ratelimit::Verdict;
-use crate::resources::GpuAccount;
+use crate::resources::{GpuAccount, Plans};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -145,9 +145,9 @@ async fn render(response: Response, format: Format, request_id: &str) -> Respons
 }
 
 /// Requests a minute an account may make: its own limit, else its plan's
-/// (free 30, pro 60, team 120; custom has only its own).
-pub fn requests_per_minute(account: &GpuAccount) -> u32 {
-    u32::try_from(account.spec.effective_limits().requests_per_minute).unwrap_or(0)
+/// (by default free 30, pro 60, team 120; custom has only its own).
+pub fn requests_per_minute(account: &GpuAccount, plans: &Plans) -> u32 {
+    u32::try_from(account.spec.effective_limits(plans).requests_per_minute).unwrap_or(0)
 }
 
 /// The account an API key acts for. A key stored in a namespace that a
@@ -179,7 +179,7 @@ fn account_of_key(state: &AppState, key: &str) -> Result<(String, Arc<GpuAccount
 
 /// Counts one request of the account against its limit.
 fn rate_limit(state: &AppState, name: &str, account: &GpuAccount) -> Verdict {
-    let verdict = state.limiter.check(name, requests_per_minute(account), unix_now());
+    let verdict = state.limiter.check(name, requests_per_minute(account, &state.plans), unix_now());
     if !verdict.allowed {
         state.metrics.rate_limited.inc();
     }
@@ -321,13 +321,13 @@ mod tests {
         let account = |spec: serde_json::Value| -> GpuAccount {
             serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}, "spec": spec})).unwrap()
         };
-        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "free"}))), 30);
-        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "pro"}))), 60);
-        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "team"}))), 120);
+        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "free"})), &Plans::default()), 30);
+        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "pro"})), &Plans::default()), 60);
+        assert_eq!(requests_per_minute(&account(serde_json::json!({"plan": "team"})), &Plans::default()), 120);
         let own = account(serde_json::json!({"plan": "free", "limits": {"requestsPerMinute": 7}}));
-        assert_eq!(requests_per_minute(&own), 7, "the account's own limit wins");
+        assert_eq!(requests_per_minute(&own, &Plans::default()), 7, "the account's own limit wins");
         let negative = account(serde_json::json!({"plan": "pro", "limits": {"requestsPerMinute": -1}}));
-        assert_eq!(requests_per_minute(&negative), 0);
+        assert_eq!(requests_per_minute(&negative, &Plans::default()), 0);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Config {
     pub peers: peers::PeerConfig,
     /// Private or loopback ranges a submitted webhook URL may still name.
     pub webhook_allow: Vec<ipnet::IpNet>,
+    /// What each plan allows (the controller must have the same table).
+    pub plans: crate::resources::Plans,
 }
 
 /// What every handler shares.
@@ -85,6 +87,8 @@ pub struct AppState {
     pub tenant_key_logged: Arc<Mutex<Option<Instant>>>,
     /// Private or loopback ranges a submitted webhook URL may still name.
     pub webhook_allow: Arc<[ipnet::IpNet]>,
+    /// What each plan allows.
+    pub plans: Arc<crate::resources::Plans>,
     openapi: Arc<String>,
     /// Tasks this replica created lately, so that a GET right after the POST
     /// waits for the cache instead of answering "not found".
@@ -114,6 +118,7 @@ impl AppState {
             progress_throttle: Arc::default(),
             tenant_key_logged: Arc::default(),
             webhook_allow: Arc::from([]),
+            plans: Arc::default(),
             openapi: Arc::new(openapi),
             recent: Arc::default(),
             schemas: Arc::default(),
@@ -224,6 +229,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let client_for_peers = client.clone();
     let mut state = AppState::new(client, caches.clone(), config.callback_key.clone());
     state.webhook_allow = Arc::from(config.webhook_allow.as_slice());
+    state.plans = Arc::new(config.plans.clone());
     if state.callback_key.is_none() {
         tracing::warn!("no --callback-key-file: progress callbacks are refused");
     }

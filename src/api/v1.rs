@@ -395,7 +395,7 @@ pub async fn account(State(state): State<AppState>, Extension(tenant): Extension
         (index.count(&tenant.namespaces, TaskStatus::Running), index.count(&tenant.namespaces, TaskStatus::Queued))
     };
     let spec = &tenant.account.spec;
-    let limits = spec.effective_limits();
+    let limits = spec.effective_limits(&state.plans);
     let view = AccountView {
         email: spec.email.clone().unwrap_or_default(),
         balance: tenant.account.balance(),

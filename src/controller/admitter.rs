@@ -218,7 +218,7 @@ impl Admitter {
             usage.insert(
                 account.name_any(),
                 AccountUsage {
-                    limits: account.spec.effective_limits(),
+                    limits: account.spec.effective_limits(&ctx.config.plans),
                     running: pods,
                     gpus_in_use: gpus,
                     available_credits: account.balance() - reserved,

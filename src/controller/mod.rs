@@ -52,6 +52,8 @@ pub struct Config {
     /// The controller's own namespace (default home of webhook signing Secrets).
     pub namespace: String,
     pub webhooks: crate::domain::webhook::WebhookConfig,
+    /// What each plan allows.
+    pub plans: crate::resources::Plans,
 }
 
 #[derive(Clone, Debug)]

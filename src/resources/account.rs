@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = kube::core::Rule::new("self.plan != 'custom' || (has(self.limits) && has(self.limits.concurrentTasks) && has(self.limits.requestsPerMinute))").message("a custom plan needs limits.concurrentTasks and limits.requestsPerMinute"))]
 #[serde(rename_all = "camelCase")]
 pub struct GpuAccountSpec {
-    /// Plan: free (5 concurrent tasks, 30 requests/min), pro (10, 60), team (25, 120) or custom (limits required).
+    /// Plan: free (by default 5 concurrent tasks, 30 requests/min), pro (10, 60), team (25, 120) — the operator may change these — or custom (limits required).
     pub plan: Plan,
     /// Contact address of the account, shown by GET /v1/account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,16 +61,6 @@ pub enum Plan {
 }
 
 impl Plan {
-    /// (concurrent tasks, requests per minute) of the plan; custom has none of its own.
-    pub fn defaults(self) -> (i32, i32) {
-        match self {
-            Plan::Free => (5, 30),
-            Plan::Pro => (10, 60),
-            Plan::Team => (25, 120),
-            Plan::Custom => (0, 0),
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Plan::Free => "free",
@@ -165,14 +155,90 @@ pub struct EffectiveLimits {
     pub gpus: Option<i64>,
 }
 
+/// What each plan allows, unless an account sets its own limits. The
+/// defaults are the seed's; an operator may change them (`--plan`), and
+/// both processes must be given the same table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plans {
+    pub free: EffectiveLimits,
+    pub pro: EffectiveLimits,
+    pub team: EffectiveLimits,
+}
+
+impl Default for Plans {
+    fn default() -> Self {
+        let plan = |concurrent_tasks, requests_per_minute| EffectiveLimits {
+            concurrent_tasks,
+            requests_per_minute,
+            gpus: None,
+        };
+        Self { free: plan(5, 30), pro: plan(10, 60), team: plan(25, 120) }
+    }
+}
+
+impl Plans {
+    /// The limits of a plan; a custom plan has none of its own.
+    pub fn of(&self, plan: Plan) -> EffectiveLimits {
+        match plan {
+            Plan::Free => self.free,
+            Plan::Pro => self.pro,
+            Plan::Team => self.team,
+            Plan::Custom => EffectiveLimits { concurrent_tasks: 0, requests_per_minute: 0, gpus: None },
+        }
+    }
+
+    /// Sets one plan from `NAME=CONCURRENT,RPM[,GPUS]`, e.g. `pro=10,60` or
+    /// `team=25,120,16`.
+    pub fn set(&mut self, spec: &str) -> Result<(), String> {
+        let (name, values) =
+            spec.split_once('=').ok_or_else(|| format!("{spec:?}: expected NAME=CONCURRENT,RPM[,GPUS]"))?;
+        let slot = match name.trim() {
+            "free" => &mut self.free,
+            "pro" => &mut self.pro,
+            "team" => &mut self.team,
+            other => return Err(format!("{other:?} is not a plan with defaults (free, pro or team)")),
+        };
+        let numbers: Vec<&str> = values.split(',').map(str::trim).collect();
+        let number = |i: usize, what: &str| -> Result<i64, String> {
+            let n: i64 =
+                numbers[i].parse().map_err(|_| format!("{spec:?}: {what} {:?} is not a number", numbers[i]))?;
+            if n < 0 {
+                return Err(format!("{spec:?}: {what} must not be negative"));
+            }
+            Ok(n)
+        };
+        if !(2..=3).contains(&numbers.len()) {
+            return Err(format!("{spec:?}: expected NAME=CONCURRENT,RPM[,GPUS]"));
+        }
+        let concurrent = i32::try_from(number(0, "concurrent tasks")?).map_err(|e| e.to_string())?;
+        let rpm = i32::try_from(number(1, "requests per minute")?).map_err(|e| e.to_string())?;
+        if rpm == 0 {
+            return Err(format!("{spec:?}: requests per minute must be at least 1"));
+        }
+        let gpus = if numbers.len() == 3 { Some(number(2, "GPUs")?) } else { None };
+        *slot = EffectiveLimits { concurrent_tasks: concurrent, requests_per_minute: rpm, gpus };
+        Ok(())
+    }
+
+    /// The table from repeated `--plan` values, on top of the defaults.
+    pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> Result<Self, String> {
+        let mut plans = Self::default();
+        for flag in flags {
+            plans.set(flag.as_ref())?;
+        }
+        Ok(plans)
+    }
+}
+
 impl GpuAccountSpec {
-    pub fn effective_limits(&self) -> EffectiveLimits {
-        let (concurrent, rpm) = self.plan.defaults();
+    /// The account's limits: its own where set, else its plan's.
+    pub fn effective_limits(&self, plans: &Plans) -> EffectiveLimits {
+        let plan = plans.of(self.plan);
         let limits = self.limits.clone().unwrap_or_default();
         EffectiveLimits {
-            concurrent_tasks: limits.concurrent_tasks.unwrap_or(concurrent),
-            requests_per_minute: limits.requests_per_minute.unwrap_or(rpm),
-            gpus: limits.gpus,
+            concurrent_tasks: limits.concurrent_tasks.unwrap_or(plan.concurrent_tasks),
+            requests_per_minute: limits.requests_per_minute.unwrap_or(plan.requests_per_minute),
+            gpus: limits.gpus.or(plan.gpus),
         }
     }
 }
@@ -185,5 +251,39 @@ impl GpuAccount {
 
     pub fn balance(&self) -> i64 {
         self.spec.credits - self.credits_used()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> GpuAccountSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn plans_default_to_the_seed_and_accounts_override_them() {
+        let plans = Plans::default();
+        let limits = |v| spec(v).effective_limits(&plans);
+        assert_eq!(limits(serde_json::json!({"plan": "free"})).concurrent_tasks, 5);
+        assert_eq!(limits(serde_json::json!({"plan": "pro"})).requests_per_minute, 60);
+        assert_eq!(limits(serde_json::json!({"plan": "team"})).concurrent_tasks, 25);
+        let own = limits(serde_json::json!({"plan": "team", "limits": {"concurrentTasks": 3, "gpus": 4}}));
+        assert_eq!((own.concurrent_tasks, own.requests_per_minute, own.gpus), (3, 120, Some(4)));
+    }
+
+    #[test]
+    fn an_operator_can_change_a_plan() {
+        let plans = Plans::from_flags(&["free=2,10", "team=40,600,32"]).unwrap();
+        assert_eq!(plans.free, EffectiveLimits { concurrent_tasks: 2, requests_per_minute: 10, gpus: None });
+        assert_eq!(plans.team.gpus, Some(32));
+        assert_eq!(plans.pro, Plans::default().pro, "unnamed plans keep their defaults");
+        let custom =
+            spec(serde_json::json!({"plan": "custom", "limits": {"concurrentTasks": 1, "requestsPerMinute": 5}}));
+        assert_eq!(custom.effective_limits(&plans).concurrent_tasks, 1);
+        for bad in ["gold=1,2", "free=1", "free=a,2", "free=1,2,3,4", "free=-1,2", "free=1,0", "free"] {
+            assert!(Plans::from_flags(&[bad]).is_err(), "{bad} is refused");
+        }
     }
 }

@@ -106,6 +106,14 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
+{{/* The plan table as --plan flags, for both processes. */}}
+{{- define "runplane.planArgs" -}}
+{{- range $name := list "free" "pro" "team" }}
+{{- $p := index $.Values.plans $name }}
+- --plan={{ $name }}={{ int64 $p.concurrentTasks }},{{ int64 $p.requestsPerMinute }}{{ if not (kindIs "invalid" $p.gpus) }},{{ int64 $p.gpus }}{{ end }}
+{{- end }}
+{{- end }}
+
 {{/* The callback key, mounted read-only where both processes expect it. */}}
 {{- define "runplane.callbackKeyDir" -}}
 /etc/runplane/callback
