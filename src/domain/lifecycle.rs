@@ -1054,6 +1054,110 @@ mod tests {
         assert!(run(&t, Some(&running), 11).delete_pod);
     }
 
+    /// What the pod of the current attempt looks like at one look.
+    #[derive(Clone, Copy, Debug)]
+    enum Seen {
+        Gone,
+        Pending,
+        PullError,
+        Unschedulable,
+        Running,
+        Succeeded,
+        WorkloadFailed,
+        Evicted,
+        DeadlineBeforeStart,
+        StoppedBeforeStart,
+        RunningDeleted,
+    }
+
+    fn seen() -> impl proptest::strategy::Strategy<Value = Seen> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Seen::Gone),
+            Just(Seen::Pending),
+            Just(Seen::PullError),
+            Just(Seen::Unschedulable),
+            Just(Seen::Running),
+            Just(Seen::Succeeded),
+            Just(Seen::WorkloadFailed),
+            Just(Seen::Evicted),
+            Just(Seen::DeadlineBeforeStart),
+            Just(Seen::StoppedBeforeStart),
+            Just(Seen::RunningDeleted),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the pods of a task go through, in any order: a finished
+        /// task stays finished and is never written again, nothing is
+        /// charged unless a container started, a charge is what the status
+        /// records, and looking twice at the same thing writes nothing.
+        #[test]
+        fn a_tasks_life_keeps_its_promises(
+            looks in proptest::collection::vec((seen(), 0i64..400, proptest::bool::weighted(0.1)), 1..40),
+        ) {
+            let mut task = task("t").build();
+            let mut now = 1;
+            // Whether a container of the current attempt was ever seen started.
+            let (mut ran, mut ran_attempt) = (false, 0);
+            for (seen, dt, cancel) in looks {
+                now += dt;
+                if cancel {
+                    task.spec.cancel = true;
+                }
+                let attempts = task.status.as_ref().and_then(|s| s.attempts).unwrap_or(0);
+                let attempt = if task.status.as_ref().is_some_and(|s| s.pod_name.is_some()) { attempts - 1 } else { attempts };
+                let base = pod_for(&task, attempt.max(0));
+                if attempt != ran_attempt {
+                    (ran, ran_attempt) = (false, attempt);
+                }
+                ran |= matches!(
+                    seen,
+                    Seen::Running | Seen::Succeeded | Seen::WorkloadFailed | Seen::Evicted | Seen::RunningDeleted
+                );
+                let started = now - dt.min(now - 1);
+                let pod = match seen {
+                    Seen::Gone => None,
+                    Seen::Pending => Some(base.build()),
+                    Seen::PullError => Some(base.waiting("ImagePullBackOff").build()),
+                    Seen::Unschedulable => Some(base.unschedulable().build()),
+                    Seen::Running => Some(base.running(started).build()),
+                    Seen::Succeeded => Some(base.succeeded(started, now, "{}").build()),
+                    Seen::WorkloadFailed => Some(base.failed(None, 1, started, now, "boom").build()),
+                    Seen::Evicted => Some(base.failed(Some("Evicted"), 137, started, now, "").build()),
+                    Seen::DeadlineBeforeStart => Some(base.failed_unstarted(Some("DeadlineExceeded"), 137, now).build()),
+                    Seen::StoppedBeforeStart => Some(base.failed_unstarted(None, 137, now).deleting(now).build()),
+                    Seen::RunningDeleted => Some(base.running(started).deleting(now).build()),
+                };
+                let before = task.status.clone().unwrap_or_default();
+                let p = run(&task, pod.as_ref(), now);
+                if before.phase.is_some_and(TaskPhase::is_terminal) {
+                    proptest::prop_assert_eq!(&p.status, &None, "a finished task is never written again");
+                    if let Some(charge) = p.charge {
+                        proptest::prop_assert_eq!(Some(charge), before.credits_used, "the charge is what the status says");
+                    }
+                    continue;
+                }
+                if let Some(next) = &p.status {
+                    if next.credits_used.is_some_and(|c| c > 0) {
+                        proptest::prop_assert!(ran && next.started_at.is_some(), "charged without a start: {:?}", next);
+                    }
+                    if let Some(charge) = p.charge {
+                        proptest::prop_assert_eq!(Some(charge), next.credits_used);
+                    }
+                    task.status = Some(next.clone());
+                    // The same look again changes nothing.
+                    let again = run(&task, pod.as_ref(), now);
+                    if !next.phase.is_some_and(TaskPhase::is_terminal) {
+                        proptest::prop_assert_eq!(&again.status, &None, "a second look wrote again");
+                    }
+                } else {
+                    proptest::prop_assert_eq!(p.charge, None, "no charge without a terminal status");
+                }
+            }
+        }
+    }
+
     #[test]
     fn conditions_keep_their_transition_time_when_unchanged() {
         let mut status = GpuTaskStatus::default();
