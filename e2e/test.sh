@@ -8,6 +8,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 log() { printf '==> %s\n' "$*" >&2; }
 
+# Rust builds are kept outside the checkout, beside the control plane's
+# binaries, so that a fresh clone reuses what an earlier run compiled.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${RUNPLANE_CACHE:-$HOME/.cache/runplane}/target}
+
 log "checking formatting and lints"
 cargo fmt --check
 # The e2e suites are test = false (they need the cluster), so name them too.
