@@ -291,12 +291,15 @@ def equivalent_pod(name, duration):
 
 class PodWatch:
     """Watches pods (all namespaces, with a label selector) and records when
-    each was first seen and when it was first seen finished."""
+    each was first seen, when it was first seen finished, and when first
+    seen finished without runplane's accounting finalizer (released: the
+    controller has charged its task and written its end)."""
 
     def __init__(self, selector):
         self.selector = selector
         self.added = {}
         self.finished = {}
+        self.released = {}
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -336,6 +339,8 @@ class PodWatch:
                     self.added.setdefault(key, t)
                     if obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                         self.finished.setdefault(key, t)
+                        if ACCOUNTING_FINALIZER not in (obj["metadata"].get("finalizers") or []):
+                            self.released.setdefault(key, t)
             except Exception:  # reconnect
                 time.sleep(0.2)
 
@@ -560,17 +565,22 @@ def throughput(args, sizes, out):
     ns = "bench-raw"
     ensure_namespace(ns)
     w = PodWatch("bench=raw")
+    before = request_counts()
     t0 = now()
     lr = load(args, f"/api/v1/namespaces/{ns}/pods", equivalent_pod("raw-{i}", "2s"), n)
     t_posted = now()
     seen = wait_count(w, n, timeout)
+    window = now() - t0
+    writes = write_rates(before, request_counts(), window)
     w.close()
     res["raw"] = {"created": seen, "seconds": max(w.added.values()) - t0,
-                  "post_seconds": t_posted - t0, "loader": loader_summary(lr)}
+                  "post_seconds": t_posted - t0, "loader": loader_summary(lr), "apiserver_writes": writes,
+                  "apiserver_writes_per_second": sum(x["count"] for x in writes) / window}
     res["raw"]["rate"] = seen / res["raw"]["seconds"]
     res["raw"]["series"] = sorted(t - t0 for t in w.added.values())
     print(f"  raw pod creates: {seen} pods in {res['raw']['seconds']:.2f}s = {res['raw']['rate']:.1f}/s "
           f"({loader_note(lr)})", flush=True)
+    print(f"    meanwhile {writes_note(writes, window)}", flush=True)
 
     # (b) the Job controller, as the cluster runs it, then at its default client QPS
     def jobs(ns, count, label):
@@ -623,20 +633,25 @@ def throughput(args, sizes, out):
     try:
         time.sleep(2)
         w = PodWatch("runplane.dev/task")
+        before = request_counts()
         cpu0 = ctl.cpu_seconds()
         t0 = now()
         lr = load(args, f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body("tp-{i}", "t2s"), n)
         t_posted = now()
         seen = wait_count(w, n, timeout)
+        window = now() - t0
+        writes = write_rates(before, request_counts(), window)
         w.close()
         r = {"created": seen, "seconds": max(w.added.values()) - t0, "post_seconds": t_posted - t0,
              "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "controller_rss_mb": ctl.rss_mb(),
-             "loader": loader_summary(lr)}
+             "loader": loader_summary(lr), "apiserver_writes": writes,
+             "apiserver_writes_per_second": sum(x["count"] for x in writes) / window}
         r["rate"] = seen / r["seconds"]
         r["series"] = sorted(t - t0 for t in w.added.values())
         res["runplane"] = r
         print(f"  runplane: {seen} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
               f"(controller CPU {r['controller_cpu_seconds']:.1f}s; {loader_note(lr)})", flush=True)
+        print(f"    meanwhile {writes_note(writes, window)}", flush=True)
         # The pods still run and hold runplane's finalizer: delete them while
         # the controller is there to release them.
         delete_namespaces("bench-tp")
@@ -672,6 +687,21 @@ def throughput(args, sizes, out):
     return res
 
 
+def write_rates(before, after, seconds):
+    """Every write the apiserver took between two request_counts()
+    snapshots, by verb and resource, most first, with its rate."""
+    deltas = sorted(((k, after.get(k, 0) - before.get(k, 0)) for k in after if k[0] in WRITE_VERBS),
+                    key=lambda x: -x[1])
+    return [{"verb": k[0], "resource": k[2] + ("/" + k[3] if k[3] else ""), "group": k[1], "count": v,
+             "per_second": v / seconds} for k, v in deltas if v > 0]
+
+
+def writes_note(writes, seconds):
+    total = sum(x["count"] for x in writes) / seconds
+    return f"the apiserver took {total:.0f} writes/s: " + ", ".join(
+        f"{x['verb']} {x['resource']} {x['per_second']:.0f}/s" for x in writes[:6])
+
+
 def standing_backlog(args, ctl, n, timeout):
     """(c'): n GpuTasks created while their account's concurrency limit is 0,
     so that none can start; once the controller has recorded why each waits
@@ -696,16 +726,29 @@ def standing_backlog(args, ctl, n, timeout):
     settle = now() - t_created
     time.sleep(3)  # the Queued events of the last statuses
     w = PodWatch("runplane.dev/task")
+    before = request_counts()
+    pass_before = ctl.histogram("runplane_admission_pass_seconds")
     cpu0 = ctl.cpu_seconds()
     t0 = now()
     release = {"spec": {"limits": {"concurrentTasks": AMPLE["concurrentTasks"]}}}
     api("PATCH", f"/apis/{GROUP}/gpuaccounts/{acct}", release, ctype="application/merge-patch+json")
     seen = wait_count(w, n, timeout)
+    window = now() - t0
+    after = request_counts()
+    pass_after = ctl.histogram("runplane_admission_pass_seconds")
     w.close()
+    # Everything written to the apiserver meanwhile (runplane's pods, and the
+    # statuses, events and releases of the tasks that already ran; the
+    # scheduler's bindings and events; kwok's pod statuses): how busy it was.
+    writes = write_rates(before, after, window)
+    passes = pass_after[1] - pass_before[1]
     r = {"tasks": n, "created": seen, "waiting_before_release": waiting, "queued_statuses_seconds": settle,
          "seconds": (max(w.added.values()) - t0) if w.added else None,
          "first_pod_seconds": (min(w.added.values()) - t0) if w.added else None,
-         "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "loader": loader_summary(lr)}
+         "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "loader": loader_summary(lr),
+         "apiserver_writes": writes, "apiserver_writes_per_second": sum(x["count"] for x in writes) / window,
+         "admission_passes": passes,
+         "admission_pass_mean_ms": (pass_after[0] - pass_before[0]) / passes * 1000 if passes else None}
     if seen < n or not r["seconds"]:
         r["seconds"] = now() - t0
     r["rate"] = seen / r["seconds"]
@@ -714,6 +757,8 @@ def standing_backlog(args, ctl, n, timeout):
           f"after the limit was raised (first pod after {r['first_pod_seconds'] or 0:.2f}s; controller CPU "
           f"{r['controller_cpu_seconds']:.1f}s; {waiting}/{n} tasks had their Queued status "
           f"{settle:.1f}s after the last create)", flush=True)
+    print(f"    meanwhile {writes_note(writes, window)}; {passes:.0f} admission passes of "
+          f"{r['admission_pass_mean_ms'] or 0:.0f} ms on average (their pod creates included)", flush=True)
     if waiting < n:
         print(f"  WARNING: only {waiting} of {n} tasks showed AccountLimit before the release", flush=True)
     return r
@@ -758,9 +803,13 @@ def runplane_writes(before, after, n, harness_creates, other_events):
     return rows, total, others
 
 
+RUNPLANE_REPORTER = "runplane.dev/controller"
+
+
 def events_by_reporter(namespaces):
-    """Events in the namespaces, counted by reporting controller (paged)."""
-    out = {}
+    """Events in the namespaces (paged): counts by reporting controller, and
+    runplane's by type and reason ("Normal Started")."""
+    out, reasons = {}, {}
     for ns in namespaces:
         cont = None
         while True:
@@ -769,10 +818,13 @@ def events_by_reporter(namespaces):
             for e in page["items"]:
                 r = e.get("reportingController") or ""
                 out[r] = out.get(r, 0) + 1
+                if r == RUNPLANE_REPORTER:
+                    reason = f"{e.get('type')} {e.get('reason')}"
+                    reasons[reason] = reasons.get(reason, 0) + 1
             cont = page["metadata"].get("continue")
             if not cont:
                 break
-    return out
+    return out, reasons
 
 
 def writes_per_task(args, sizes, out):
@@ -818,16 +870,17 @@ def writes_run(args, n, ns, label, extra, out):
         time.sleep(4)  # let account status and event writes land
         after = request_counts()
         harness = {k: COUNT.get(k, 0) - c0.get(k, 0) for k in ("POST", "GET", "PATCH", "DELETE", "n")}
-        by_reporter = events_by_reporter([ns])
+        by_reporter, reasons = events_by_reporter([ns])
     finally:
         ctl.stop()
     # The loader's create requests, retried and 409 ones included: the
     # apiserver counts every one of them.
     harness_creates = lr["create_requests"]
-    other_events = sum(v for r, v in by_reporter.items() if r != "runplane.dev/controller")
+    other_events = sum(v for r, v in by_reporter.items() if r != RUNPLANE_REPORTER)
     rows, total, others = runplane_writes(before, after, n, harness_creates, other_events)
     res = {"label": label, "controller_flags": extra, "tasks": n, "completed": done, "rows": rows,
            "writes_total": total, "writes_per_task": total / n, "events_by_reporter": by_reporter,
+           "runplane_events": reasons,
            "harness_requests": harness, "all_write_deltas": others, "loader": loader_summary(lr),
            "harness_task_creates": harness_creates}
     print(f"  {label} ({' '.join(extra) or 'no flags'}): {n} tasks, {done} finished: {total:.0f} runplane writes "
@@ -835,6 +888,8 @@ def writes_run(args, n, ns, label, extra, out):
     for r in rows:
         print(f"    {r['verb']:8} {r['group'] + '/' if r['group'] else ''}{r['resource']:22} {r['count']:7.0f} "
               f"{r['per_task']:5.2f}/task {r['note']}")
+    print("    runplane's events: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"),
+          flush=True)
     return res
 
 
@@ -972,16 +1027,24 @@ def backlog(args, sizes, out):
             samples.append((t, n - len(w.added) if t >= (t_posted - t0) else None, running, len(w.finished)))
             rss.append((t, ctl.rss_mb()))
             time.sleep(0.5)
+        # Every task's end written and its pod released, so that the writes
+        # counted below are all of them (a controller behind on the apiserver
+        # may need a while).
+        t_all_finished = now()
+        while now() < deadline + args.phase_timeout and len(w.released) < len(w.finished):
+            time.sleep(0.5)
+        catch_up = now() - t_all_finished
         w.close()
         cpu = ctl.cpu_seconds() - cpu0
         rss_peak = max(v for _, v in rss) if rss else ctl.rss_mb()
-        time.sleep(4)  # the last statuses, charges and events
+        time.sleep(4)  # the last charges and events
         after, lat_after = request_counts(latency=True)
         pass_after = ctl.histogram("runplane_admission_pass_seconds")
     finally:
         ctl.stop()
     passes = pass_after[1] - pass_before[1]
     added, finished = dict(w.added), dict(w.finished)
+    release_lag = sorted(t - finished[k] for k, t in w.released.items() if k in finished)
     created = {(ns, name): t for (ns, name, _), t in zip(work, lr["times"]) if t > 0}
     account_of = {k: k[0] for k in list(created) + list(added)}
     rp = replay(created, added, finished, account_of, limit_of, quota)
@@ -993,8 +1056,8 @@ def backlog(args, sizes, out):
     available = quota * rp["waited_seconds"]
     # What the backlog cost the apiserver per task, with everything the
     # controller writes for a task that waits.
-    by_reporter = events_by_reporter(namespaces)
-    other_events = sum(v for r, v in by_reporter.items() if r != "runplane.dev/controller")
+    by_reporter, reasons = events_by_reporter(namespaces)
+    other_events = sum(v for r, v in by_reporter.items() if r != RUNPLANE_REPORTER)
     rows, total, _ = runplane_writes(before, after, n, lr["create_requests"], other_events)
     res = {"tasks": n, "accounts": n_acc, "quota_gpus": quota, "gpu_seconds_demand": gpu_seconds,
            "concurrency_limit_sum": sum(limit_of.values()), "tasks_per_account": {
@@ -1011,8 +1074,15 @@ def backlog(args, sizes, out):
            "freed_to_next_max_ms": gaps[-1] * 1000 if gaps else None, "gaps": len(gaps),
            "gaps_open_at_end": rp["open_at_end"], "starts_without_open_slot": rp["unpaired_starts"],
            "gaps_ms": [round(g * 1000, 2) for g in gaps],
+           # The controller's own pace on the tasks' ends: pod seen finished
+           # -> pod seen released (task charged, its end written).
+           "released": len(release_lag), "catch_up_seconds": catch_up,
+           "end_to_release_p50_ms": release_lag[len(release_lag) // 2] * 1000 if release_lag else None,
+           "end_to_release_p99_ms": release_lag[min(len(release_lag) - 1, int(0.99 * len(release_lag)))] * 1000
+           if release_lag else None,
            "controller_cpu_seconds": cpu, "controller_rss_peak_mb": rss_peak, "samples": samples, "rss": rss,
            "writes": rows, "writes_per_task": total / n, "events_by_reporter": by_reporter,
+           "runplane_events": reasons,
            # What a gap is made of: the controller's admission passes (their
            # whole time, the pod creates they wait for included), and how
            # long the apiserver took per write meanwhile.
@@ -1037,6 +1107,11 @@ def backlog(args, sizes, out):
           f"{rp['unpaired_starts']} starts the replay had no open slot for)", flush=True)
     print(f"  controller CPU {cpu:.1f}s, RSS peak {rss_peak:.1f} MB; runplane writes {total / n:.2f} per task "
           f"(" + ", ".join(f"{r['verb']} {r['resource']} {r['per_task']:.2f}" for r in rows) + ")", flush=True)
+    print("  runplane's events: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"),
+          flush=True)
+    print(f"  pod end -> released by the controller: p50 {ms(res['end_to_release_p50_ms'])}, p99 "
+          f"{ms(res['end_to_release_p99_ms'])} ({len(release_lag)} of {len(finished)} released; the last "
+          f"{catch_up:.1f}s after the last pod ended)", flush=True)
     print(f"  {passes:.0f} admission passes, {ms(res['admission_pass_mean_ms'])} on average (pod creates included); "
           f"apiserver mean latency: " + ", ".join(f"{k} {ms(v)}" for k, v in res["apiserver_mean_ms"].items()),
           flush=True)
