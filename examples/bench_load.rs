@@ -15,11 +15,14 @@
 //! are retried with a short backoff; a 409 on create means the object is
 //! already there (a retried create that had gone through), and counts as
 //! created. The client has no rate limiter of its own: `--concurrency` requests
-//! are in flight at once, each on its own connection.
+//! are in flight at once, each on its own connection. With `--times FILE`, the
+//! moment each object's create succeeded (Unix seconds) is written to FILE, one
+//! line per object in input order, for the harness to line up with what it
+//! watches.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -62,6 +65,9 @@ struct Args {
     /// Attempts per request before the object counts as an error.
     #[arg(long, default_value_t = 10)]
     attempts: u32,
+    /// Write when each object's create succeeded (Unix seconds; 0 for an error) to this file, one line per object in input order.
+    #[arg(long)]
+    times: Option<PathBuf>,
 }
 
 /// One object to create: its collection, name and body.
@@ -142,13 +148,17 @@ fn http_method(op: &Op<'_>) -> &'static str {
     }
 }
 
-/// Creates one object (and patches its status); errors are counted, the first few printed.
-async fn load_one(client: &Client, item: Item, counters: &Counters, attempts: u32) {
+/// Creates one object (and patches its status); errors are counted, the
+/// first few printed. `created_at` gets the Unix time (as f64 bits) at which
+/// the create succeeded.
+async fn load_one(client: &Client, item: Item, counters: &Counters, attempts: u32, created_at: &AtomicU64) {
     let result = async {
         match call(client, &item, &Op::Create, counters, attempts).await? {
             Outcome::Done => counters.created.fetch_add(1, Ordering::Relaxed),
             Outcome::AlreadyThere => counters.already_there.fetch_add(1, Ordering::Relaxed),
         };
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        created_at.store(unix.to_bits(), Ordering::Relaxed);
         if let Some(patch) = &item.status_patch {
             call(client, &item, &Op::PatchStatus(patch), counters, attempts).await?;
             counters.patched.fetch_add(1, Ordering::Relaxed);
@@ -226,11 +236,17 @@ async fn main() -> Result<()> {
     let items = items(&args)?;
     let client = client(args.kubeconfig.as_ref()).await?;
     let counters = Counters::default();
+    let created_at: Vec<AtomicU64> = items.iter().map(|_| AtomicU64::new(0)).collect();
     let started = Instant::now();
-    futures::stream::iter(items)
-        .for_each_concurrent(args.concurrency, |item| load_one(&client, item, &counters, args.attempts))
+    futures::stream::iter(items.into_iter().zip(&created_at))
+        .for_each_concurrent(args.concurrency, |(item, at)| load_one(&client, item, &counters, args.attempts, at))
         .await;
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(file) = &args.times {
+        let lines: String =
+            created_at.iter().map(|t| format!("{:.6}\n", f64::from_bits(t.load(Ordering::Relaxed)))).collect();
+        std::fs::write(file, lines).with_context(|| format!("writing {}", file.display()))?;
+    }
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let created = n(&counters.created) + n(&counters.already_there);
     let errors = n(&counters.errors);

@@ -42,12 +42,26 @@ GROUP = "runplane.dev/v1alpha1"
 ACCOUNTING_FINALIZER = "runplane.dev/accounting"
 
 SCALES = {
-    # tasks for throughput, Job controller at defaults, writes-per-task run,
-    # backlog tasks/accounts/quota, memory points
-    "tiny": dict(throughput=200, job_defaults=100, writes=100, backlog=300, accounts=6, quota=40, memory=[2000, 5000]),
-    "small": dict(throughput=1000, job_defaults=200, writes=200, backlog=2000, accounts=30, quota=100, memory=[5000, 15000]),
-    "full": dict(throughput=2000, job_defaults=300, writes=300, backlog=15000, accounts=30, quota=400, memory=[15000, 100000]),
+    # tasks for throughput, Job controller at defaults, writes-per-task runs,
+    # backlog tasks/accounts/quota, memory points. The backlog's quota is 40 %
+    # of what its accounts' concurrency limits add up to (6 accounts: 80, 30
+    # accounts: 400), so that the quota, not the limits, binds while tasks wait.
+    "tiny": dict(throughput=200, job_defaults=100, writes=100, backlog=300, accounts=6, quota=32, memory=[2000, 5000]),
+    "small": dict(throughput=1000, job_defaults=200, writes=200, backlog=2000, accounts=30, quota=160,
+                  memory=[5000, 15000]),
+    "full": dict(throughput=2000, job_defaults=300, writes=300, backlog=15000, accounts=30, quota=160,
+                 memory=[15000, 100000]),
 }
+
+# The plans' limits (concurrent tasks, requests per minute), given to every
+# controller and gateway the bench starts (--plan), so that the backlog's
+# arithmetic and the processes agree whatever the built-in defaults are.
+PLANS = {"free": (5, 30), "pro": (10, 60), "team": (25, 120)}
+
+
+def plan_flags():
+    return [f"--plan={name}={c},{rpm}" for name, (c, rpm) in PLANS.items()]
+
 
 _local = threading.local()
 
@@ -108,16 +122,22 @@ def now():
     return time.monotonic()
 
 
-def load(args, path=None, body=None, count=0, start=0, items=None, status_patch=None, concurrency=None):
+def load(args, path=None, body=None, count=0, start=0, items=None, status_patch=None, concurrency=None,
+         times=False):
     """Creates objects with the Rust load generator, --concurrency requests in
     flight: `count` objects from `body` (a dict; "{i}" in it becomes the index
     start..start+count-1) in the collection `path`, or `items`, a list of
     (path, body) created in that order. With `status_patch`, each object's
     /status is merge-patched after its create. Returns the loader's report
     (created, seconds, requests, errors, create_requests, patch_requests, …);
-    its requests count as the harness's own."""
+    its requests count as the harness's own. With `times`, the report's
+    "times" lists when each object's create succeeded, on this process's
+    monotonic clock (now()), in input order."""
     cmd = [args.loader, "--kubeconfig", KUBECONFIG, "--concurrency", str(concurrency or args.concurrency)]
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="bench-load-") as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="bench-load-") as f, \
+            tempfile.NamedTemporaryFile("r", suffix=".txt", prefix="bench-load-times-") as tf:
+        if times:
+            cmd += ["--times", tf.name]
         if items is not None:
             for p, b in items:
                 f.write(json.dumps({"path": p, "body": b}) + "\n")
@@ -129,10 +149,15 @@ def load(args, path=None, body=None, count=0, start=0, items=None, status_patch=
         if status_patch is not None:
             cmd += ["--status-patch", json.dumps(status_patch)]
         p = subprocess.run(cmd, capture_output=True, text=True)
+        # The loader writes Unix times; the watches use the monotonic clock.
+        offset = time.time() - now()
+        created_at = [float(x) - offset for x in open(tf.name).read().split()] if times else None
     lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"the loader failed ({p.returncode}): {p.stderr[-1000:]}")
     r = json.loads(lines[-1])
+    if created_at is not None:
+        r["times"] = created_at
     with COUNT_LOCK:
         COUNT["n"] += r["requests"]
         COUNT["POST"] = COUNT.get("POST", 0) + r["create_requests"]
@@ -240,6 +265,10 @@ def task_body(name, tpl):
             "spec": {"templateRef": {"name": tpl}, "input": {"prompt": name}}}
 
 
+# Limits far above what a run can use, for accounts whose limits must not bind.
+AMPLE = {"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000}
+
+
 def delete_accounts():
     api("DELETE", f"/apis/{GROUP}/gpuaccounts", params={"labelSelector": "runplane.dev/bench=true"}, ok=(200, 404))
 
@@ -262,12 +291,15 @@ def equivalent_pod(name, duration):
 
 class PodWatch:
     """Watches pods (all namespaces, with a label selector) and records when
-    each was first seen and when it was first seen finished."""
+    each was first seen, when it was first seen finished, and when first
+    seen finished without runplane's accounting finalizer (released: the
+    controller has charged its task and written its end)."""
 
     def __init__(self, selector):
         self.selector = selector
         self.added = {}
         self.finished = {}
+        self.released = {}
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -307,6 +339,8 @@ class PodWatch:
                     self.added.setdefault(key, t)
                     if obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                         self.finished.setdefault(key, t)
+                        if ACCOUNTING_FINALIZER not in (obj["metadata"].get("finalizers") or []):
+                            self.released.setdefault(key, t)
             except Exception:  # reconnect
                 time.sleep(0.2)
 
@@ -338,7 +372,7 @@ class Controller:
         self.log = open(os.path.join(out, f"controller-{name}.log"), "w")
         self.proc = subprocess.Popen(
             [binary, "controller", "--kubeconfig", os.path.join(STATE, "kubeconfig"), "--leader-election=false",
-             "--metrics-addr", f"127.0.0.1:{self.metrics}", *extra],
+             "--metrics-addr", f"127.0.0.1:{self.metrics}", *plan_flags(), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
         deadline = now() + 120
         while now() < deadline:
@@ -351,6 +385,53 @@ class Controller:
                 pass
             time.sleep(0.2)
         raise RuntimeError("controller never became ready")
+
+    def rss_mb(self):
+        return proc_rss_mb(self.proc.pid)
+
+    def cpu_seconds(self):
+        return proc_cpu_seconds(self.proc.pid)
+
+    def histogram(self, name):
+        """(sum, count) of one of the controller's histograms, now."""
+        text = plain().get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=10).text
+        got = {n: v for n, _, v in samples_of(text, (f"{name}_sum", f"{name}_count"))}
+        return got.get(f"{name}_sum", 0.0), got.get(f"{name}_count", 0.0)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Gateway:
+    """`runplane api` as a child process on a free loopback port, ready
+    (its caches filled) when the constructor returns."""
+
+    def __init__(self, binary, out, name, key_namespace):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(out, f"gateway-{name}.log"), "w")
+        self.proc = subprocess.Popen(
+            [binary, "api", "--kubeconfig", KUBECONFIG, "--listen", f"127.0.0.1:{self.port}",
+             "--namespace", key_namespace, *plan_flags()],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
+        deadline = now() + 300
+        while now() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited; see {self.log.name}")
+            try:
+                if plain().get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the gateway never became ready")
 
     def rss_mb(self):
         return proc_rss_mb(self.proc.pid)
@@ -418,24 +499,48 @@ def restart_kcm(drop_qps):
 # apiserver request counters
 # ---------------------------------------------------------------------------
 
-METRIC = re.compile(r'^apiserver_request_total\{(.*)\} ([0-9.e+]+)$')
+SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? ([-+0-9.eE]+|NaN|[-+]Inf)$')
 
 
-def request_counts():
+def samples_of(text, names):
+    """(name, labels, value) of the Prometheus samples with these metric names."""
+    for line in text.splitlines():
+        m = SAMPLE.match(line)
+        if m and m.group(1) in names:
+            yield m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")), float(m.group(3))
+
+
+def request_key(labels):
+    verb = labels.get("verb", "").lower()
+    verb = {"post": "create", "put": "update"}.get(verb, verb)
+    return verb, labels.get("group", ""), labels.get("resource"), labels.get("subresource", "")
+
+
+def request_counts(latency=False):
+    """apiserver_request_total by (verb, group, resource, subresource); with
+    `latency`, also the sum and count of apiserver_request_duration_seconds
+    by the same key."""
     text = session().get(f"{BASE}/metrics", timeout=30).text
     with COUNT_LOCK:
         COUNT["n"] += 1
-    out = {}
-    for line in text.splitlines():
-        m = METRIC.match(line)
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        verb = labels.get("verb", "").lower()
-        verb = {"post": "create", "put": "update"}.get(verb, verb)
-        key = (verb, labels.get("group", ""), labels.get("resource"), labels.get("subresource", ""))
-        out[key] = out.get(key, 0) + float(m.group(2))
-    return out
+    out, lat = {}, {}
+    names = ("apiserver_request_total", "apiserver_request_duration_seconds_sum",
+             "apiserver_request_duration_seconds_count")
+    for name, labels, value in samples_of(text, names):
+        key = request_key(labels)
+        if name == "apiserver_request_total":
+            out[key] = out.get(key, 0) + value
+        else:
+            pair = lat.setdefault(key, [0.0, 0.0])
+            pair[0 if name.endswith("_sum") else 1] += value
+    return (out, lat) if latency else out
+
+
+def mean_latency_ms(before, after, key):
+    """Mean apiserver latency (ms) of the requests of `key` between two snapshots."""
+    b, a = before.get(key, [0.0, 0.0]), after.get(key, [0.0, 0.0])
+    n = a[1] - b[1]
+    return (a[0] - b[0]) / n * 1000 if n > 0 else None
 
 
 # ---------------------------------------------------------------------------
@@ -460,17 +565,22 @@ def throughput(args, sizes, out):
     ns = "bench-raw"
     ensure_namespace(ns)
     w = PodWatch("bench=raw")
+    before = request_counts()
     t0 = now()
     lr = load(args, f"/api/v1/namespaces/{ns}/pods", equivalent_pod("raw-{i}", "2s"), n)
     t_posted = now()
     seen = wait_count(w, n, timeout)
+    window = now() - t0
+    writes = write_rates(before, request_counts(), window)
     w.close()
     res["raw"] = {"created": seen, "seconds": max(w.added.values()) - t0,
-                  "post_seconds": t_posted - t0, "loader": loader_summary(lr)}
+                  "post_seconds": t_posted - t0, "loader": loader_summary(lr), "apiserver_writes": writes,
+                  "apiserver_writes_per_second": sum(x["count"] for x in writes) / window}
     res["raw"]["rate"] = seen / res["raw"]["seconds"]
     res["raw"]["series"] = sorted(t - t0 for t in w.added.values())
     print(f"  raw pod creates: {seen} pods in {res['raw']['seconds']:.2f}s = {res['raw']['rate']:.1f}/s "
           f"({loader_note(lr)})", flush=True)
+    print(f"    meanwhile {writes_note(writes, window)}", flush=True)
 
     # (b) the Job controller, as the cluster runs it, then at its default client QPS
     def jobs(ns, count, label):
@@ -514,60 +624,231 @@ def throughput(args, sizes, out):
         finally:
             restart_kcm(drop_qps=False)
 
-    # (c) runplane with ample quota
+    # (c) runplane with ample quota: the loader creates GpuTasks, runplane their pods
     ns = "bench-tp"
     ensure_namespace(ns)
-    account("bench-tp", "custom", [ns], limits={"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000})
+    account("bench-tp", "custom", [ns], limits=AMPLE)
     template(ns, "t2s", "2s")
     ctl = Controller(args.runplane, out, "throughput")
     try:
         time.sleep(2)
         w = PodWatch("runplane.dev/task")
+        before = request_counts()
         cpu0 = ctl.cpu_seconds()
         t0 = now()
         lr = load(args, f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body("tp-{i}", "t2s"), n)
         t_posted = now()
         seen = wait_count(w, n, timeout)
+        window = now() - t0
+        writes = write_rates(before, request_counts(), window)
         w.close()
         r = {"created": seen, "seconds": max(w.added.values()) - t0, "post_seconds": t_posted - t0,
              "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "controller_rss_mb": ctl.rss_mb(),
-             "loader": loader_summary(lr)}
+             "loader": loader_summary(lr), "apiserver_writes": writes,
+             "apiserver_writes_per_second": sum(x["count"] for x in writes) / window}
         r["rate"] = seen / r["seconds"]
         r["series"] = sorted(t - t0 for t in w.added.values())
         res["runplane"] = r
         print(f"  runplane: {seen} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
               f"(controller CPU {r['controller_cpu_seconds']:.1f}s; {loader_note(lr)})", flush=True)
+        print(f"    meanwhile {writes_note(writes, window)}", flush=True)
         # The pods still run and hold runplane's finalizer: delete them while
         # the controller is there to release them.
         delete_namespaces("bench-tp")
         wait_namespaces_gone("bench-tp", timeout=120)
+
+        # (c') runplane from a standing backlog: the same controller, tasks
+        # that cannot start (their account's concurrency limit is 0) until the
+        # limit is raised in one patch. Only runplane creates pods from then on.
+        res["runplane_backlog"] = standing_backlog(args, ctl, n, timeout)
+        delete_namespaces("bench-tpb")
+        wait_namespaces_gone("bench-tpb", timeout=120)
     finally:
         ctl.stop()
+
     def ratio(a, b):
-        return a["rate"] / b["rate"] if b["rate"] else None
+        return a["rate"] / b["rate"] if a and b and b["rate"] else None
     res["ratio_runplane_raw"] = ratio(res["runplane"], res["raw"])
     res["ratio_runplane_job_raised"] = ratio(res["runplane"], res["job_raised_qps"])
     if "job_defaults" in res:
         res["ratio_runplane_job_defaults"] = ratio(res["runplane"], res["job_defaults"])
+    res["ratio_runplane_backlog_raw"] = ratio(res["runplane_backlog"], res["raw"])
 
     def fmt(v):
         return f"{v:.2f}" if v is not None else "n/a"
     print(f"  runplane ÷ raw = {fmt(res['ratio_runplane_raw'])}, ÷ Job (raised QPS) = "
           f"{fmt(res['ratio_runplane_job_raised'])}, ÷ Job (default QPS) = "
           f"{fmt(res.get('ratio_runplane_job_defaults'))}", flush=True)
+    print(f"  a different measurement: runplane's own pod creates from a standing backlog ÷ raw pod creates = "
+          f"{fmt(res['ratio_runplane_backlog_raw'])}", flush=True)
     for k in ("bench-raw", "bench-job", "bench-tp"):
         delete_namespaces(k)
     delete_accounts()
     return res
 
 
-def writes_per_task(args, sizes, out):
-    n = sizes["writes"]
-    ns = "bench-writes"
+def write_rates(before, after, seconds):
+    """Every write the apiserver took between two request_counts()
+    snapshots, by verb and resource, most first, with its rate."""
+    deltas = sorted(((k, after.get(k, 0) - before.get(k, 0)) for k in after if k[0] in WRITE_VERBS),
+                    key=lambda x: -x[1])
+    return [{"verb": k[0], "resource": k[2] + ("/" + k[3] if k[3] else ""), "group": k[1], "count": v,
+             "per_second": v / seconds} for k, v in deltas if v > 0]
+
+
+def writes_note(writes, seconds):
+    total = sum(x["count"] for x in writes) / seconds
+    return f"the apiserver took {total:.0f} writes/s: " + ", ".join(
+        f"{x['verb']} {x['resource']} {x['per_second']:.0f}/s" for x in writes[:6])
+
+
+def standing_backlog(args, ctl, n, timeout):
+    """(c'): n GpuTasks created while their account's concurrency limit is 0,
+    so that none can start; once the controller has recorded why each waits
+    (one Queued status per task, before the clock starts), the limit is
+    raised in one patch. Measures runplane's own pod-create rate from that
+    patch to the last pod seen: no loader competes for the apiserver, so this
+    is the operator's ceiling, not the create path's."""
+    ns = acct = "bench-tpb"
     ensure_namespace(ns)
-    account("bench-writes", "custom", [ns], limits={"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000})
+    account(acct, "custom", [ns], limits={**AMPLE, "concurrentTasks": 0})
+    template(ns, "t2s", "2s")
+    lr = load(args, f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body("tpb-{i}", "t2s"), n)
+    t_created = now()
+    deadline = now() + timeout
+    waiting = 0
+    while now() < deadline:
+        items = api("GET", f"/apis/{GROUP}/namespaces/{ns}/gputasks")["items"]
+        waiting = sum(1 for t in items if (t.get("status") or {}).get("waitReason") == "AccountLimit")
+        if waiting == n:
+            break
+        time.sleep(1)
+    settle = now() - t_created
+    time.sleep(3)  # the Queued events of the last statuses
+    w = PodWatch("runplane.dev/task")
+    before = request_counts()
+    pass_before = ctl.histogram("runplane_admission_pass_seconds")
+    cpu0 = ctl.cpu_seconds()
+    t0 = now()
+    release = {"spec": {"limits": {"concurrentTasks": AMPLE["concurrentTasks"]}}}
+    api("PATCH", f"/apis/{GROUP}/gpuaccounts/{acct}", release, ctype="application/merge-patch+json")
+    seen = wait_count(w, n, timeout)
+    window = now() - t0
+    after = request_counts()
+    pass_after = ctl.histogram("runplane_admission_pass_seconds")
+    w.close()
+    # Everything written to the apiserver meanwhile (runplane's pods, and the
+    # statuses, events and releases of the tasks that already ran; the
+    # scheduler's bindings and events; kwok's pod statuses): how busy it was.
+    writes = write_rates(before, after, window)
+    passes = pass_after[1] - pass_before[1]
+    r = {"tasks": n, "created": seen, "waiting_before_release": waiting, "queued_statuses_seconds": settle,
+         "seconds": (max(w.added.values()) - t0) if w.added else None,
+         "first_pod_seconds": (min(w.added.values()) - t0) if w.added else None,
+         "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "loader": loader_summary(lr),
+         "apiserver_writes": writes, "apiserver_writes_per_second": sum(x["count"] for x in writes) / window,
+         "admission_passes": passes,
+         "admission_pass_mean_ms": (pass_after[0] - pass_before[0]) / passes * 1000 if passes else None}
+    if seen < n or not r["seconds"]:
+        r["seconds"] = now() - t0
+    r["rate"] = seen / r["seconds"]
+    r["series"] = sorted(t - t0 for t in w.added.values())
+    print(f"  runplane from a standing backlog: {seen}/{n} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
+          f"after the limit was raised (first pod after {r['first_pod_seconds'] or 0:.2f}s; controller CPU "
+          f"{r['controller_cpu_seconds']:.1f}s; {waiting}/{n} tasks had their Queued status "
+          f"{settle:.1f}s after the last create)", flush=True)
+    print(f"    meanwhile {writes_note(writes, window)}; {passes:.0f} admission passes of "
+          f"{r['admission_pass_mean_ms'] or 0:.0f} ms on average (their pod creates included)", flush=True)
+    if waiting < n:
+        print(f"  WARNING: only {waiting} of {n} tasks showed AccountLimit before the release", flush=True)
+    return r
+
+
+WRITE_VERBS = ("create", "update", "patch", "delete", "apply", "deletecollection")
+
+
+def runplane_writes(before, after, n, harness_creates, other_events):
+    """The writes only runplane makes, from two apiserver_request_total
+    snapshots: runplane.dev resources (less the harness's own GpuTask
+    creates), pods without subresource (the scheduler binds through
+    pods/binding, kwok writes pods/status), and events (less those of other
+    reporters). Returns (rows, total, every write delta)."""
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    delta = {k: v for k, v in delta.items() if v > 0}
+    rows = []
+
+    def take(verb, group, resource, sub, minus=0, note=""):
+        v = delta.get((verb, group, resource, sub), 0) - minus
+        if v > 0:
+            rows.append({"verb": verb, "resource": f"{resource}{'/' + sub if sub else ''}", "group": group,
+                         "count": v, "per_task": v / n, "note": note})
+
+    for (verb, group, resource, sub) in sorted(delta):
+        if verb not in WRITE_VERBS:
+            continue
+        if group == "runplane.dev" and resource == "gputasks" and verb == "create" and sub == "":
+            take(verb, group, resource, sub, minus=harness_creates,
+                 note=f"minus the harness's {harness_creates} create requests")
+        elif group == "runplane.dev":
+            take(verb, group, resource, sub)
+        elif group == "" and resource == "pods" and sub == "":
+            take(verb, group, resource, sub)
+        elif group == "events.k8s.io" and resource == "events" and verb == "create":
+            take(verb, group, resource, sub, minus=other_events, note=f"minus {other_events} events of other reporters")
+        elif group == "events.k8s.io" and resource == "events":
+            take(verb, group, resource, sub, note="series updates")
+    total = sum(r["count"] for r in rows)
+    others = [{"verb": k[0], "group": k[1], "resource": k[2] + ("/" + k[3] if k[3] else ""), "count": v}
+              for k, v in sorted(delta.items()) if k[0] in WRITE_VERBS]
+    return rows, total, others
+
+
+RUNPLANE_REPORTER = "runplane.dev/controller"
+
+
+def events_by_reporter(namespaces):
+    """Events in the namespaces (paged): counts by reporting controller, and
+    runplane's by type and reason ("Normal Started")."""
+    out, reasons = {}, {}
+    for ns in namespaces:
+        cont = None
+        while True:
+            params = {"limit": 500, **({"continue": cont} if cont else {})}
+            page = api("GET", f"/apis/events.k8s.io/v1/namespaces/{ns}/events", params=params)
+            for e in page["items"]:
+                r = e.get("reportingController") or ""
+                out[r] = out.get(r, 0) + 1
+                if r == RUNPLANE_REPORTER:
+                    reason = f"{e.get('type')} {e.get('reason')}"
+                    reasons[reason] = reasons.get(reason, 0) + 1
+            cont = page["metadata"].get("continue")
+            if not cont:
+                break
+    return out, reasons
+
+
+def writes_per_task(args, sizes, out):
+    """Writes per task, twice in one run: the controller as it runs by
+    default (an event at every transition), then with
+    --transition-events=false (events only for what needs a look)."""
+    res = {"tasks": sizes["writes"], "runs": []}
+    for label, ns, extra in (("default", "bench-writes", []),
+                             ("transition events off", "bench-writes-quiet", ["--transition-events=false"])):
+        r = writes_run(args, sizes["writes"], ns, label, extra, out)
+        res["runs"].append(r)
+        # The namespace goes before the next run starts: its deletes would count there.
+        delete_namespaces(ns)
+        if not wait_namespaces_gone(ns, timeout=180):
+            print(f"  WARNING: namespace {ns} is still there", flush=True)
+        delete_accounts()
+    return res
+
+
+def writes_run(args, n, ns, label, extra, out):
+    ensure_namespace(ns)
+    account(ns, "custom", [ns], limits=AMPLE)
     template(ns, "t1s", "1s")
-    ctl = Controller(args.runplane, out, "writes")
+    ctl = Controller(args.runplane, out, ns, extra=extra)
     try:
         time.sleep(3)
         before = request_counts()
@@ -589,108 +870,154 @@ def writes_per_task(args, sizes, out):
         time.sleep(4)  # let account status and event writes land
         after = request_counts()
         harness = {k: COUNT.get(k, 0) - c0.get(k, 0) for k in ("POST", "GET", "PATCH", "DELETE", "n")}
-        events = api("GET", f"/apis/events.k8s.io/v1/namespaces/{ns}/events")["items"]
+        by_reporter, reasons = events_by_reporter([ns])
     finally:
         ctl.stop()
     # The loader's create requests, retried and 409 ones included: the
     # apiserver counts every one of them.
     harness_creates = lr["create_requests"]
-    by_reporter = {}
-    for e in events:
-        by_reporter[e.get("reportingController") or ""] = by_reporter.get(e.get("reportingController") or "", 0) + 1
-    delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
-    delta = {k: v for k, v in delta.items() if v > 0}
-    writes = ("create", "update", "patch", "delete", "apply", "deletecollection")
-    rows = []
-    other_events = sum(v for r, v in by_reporter.items() if r != "runplane.dev/controller")
-
-    def take(verb, group, resource, sub, minus=0, note=""):
-        v = delta.get((verb, group, resource, sub), 0) - minus
-        if v > 0:
-            rows.append({"verb": verb, "resource": f"{resource}{'/' + sub if sub else ''}", "group": group,
-                         "count": v, "per_task": v / n, "note": note})
-
-    for (verb, group, resource, sub) in sorted(delta):
-        if verb not in writes:
-            continue
-        if group == "runplane.dev" and resource == "gputasks" and verb == "create" and sub == "":
-            take(verb, group, resource, sub, minus=harness_creates,
-                 note=f"minus the harness's {harness_creates} create requests")
-        elif group == "runplane.dev":
-            take(verb, group, resource, sub)
-        elif group == "" and resource == "pods" and sub in ("",):
-            take(verb, group, resource, sub)
-        elif group == "events.k8s.io" and resource == "events" and verb == "create":
-            take(verb, group, resource, sub, minus=other_events, note=f"minus {other_events} events of other reporters")
-        elif group == "events.k8s.io" and resource == "events":
-            take(verb, group, resource, sub, note="series updates")
-    total = sum(r["count"] for r in rows)
-    others = [{"verb": k[0], "group": k[1], "resource": k[2] + ("/" + k[3] if k[3] else ""), "count": v}
-              for k, v in sorted(delta.items()) if k[0] in writes]
-    res = {"tasks": n, "completed": done, "rows": rows, "writes_total": total, "writes_per_task": total / n,
-           "events_by_reporter": by_reporter, "harness_requests": harness, "all_write_deltas": others,
-           "loader": loader_summary(lr), "harness_task_creates": harness_creates}
-    print(f"  {n} tasks, {done} finished: {total:.0f} runplane writes = {total / n:.2f} per task", flush=True)
+    other_events = sum(v for r, v in by_reporter.items() if r != RUNPLANE_REPORTER)
+    rows, total, others = runplane_writes(before, after, n, harness_creates, other_events)
+    res = {"label": label, "controller_flags": extra, "tasks": n, "completed": done, "rows": rows,
+           "writes_total": total, "writes_per_task": total / n, "events_by_reporter": by_reporter,
+           "runplane_events": reasons,
+           "harness_requests": harness, "all_write_deltas": others, "loader": loader_summary(lr),
+           "harness_task_creates": harness_creates}
+    print(f"  {label} ({' '.join(extra) or 'no flags'}): {n} tasks, {done} finished: {total:.0f} runplane writes "
+          f"= {total / n:.2f} per task", flush=True)
     for r in rows:
         print(f"    {r['verb']:8} {r['group'] + '/' if r['group'] else ''}{r['resource']:22} {r['count']:7.0f} "
               f"{r['per_task']:5.2f}/task {r['note']}")
-    delete_namespaces("bench-writes")
-    delete_accounts()
+    print("    runplane's events: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"),
+          flush=True)
     return res
 
 
-def allowed_use(added, finished, limit_of, quota):
-    """GPU use against what was allowed: GPU-seconds held by each account's
-    pods until its last pod was created (while it had tasks waiting), over
-    the GPU-seconds the quota and the limits of the accounts still waiting
-    allowed. One GPU per pod; keys of added/finished are (namespace, name)."""
-    last = {}
-    for (ns, _), ta in added.items():
-        last[ns] = max(last.get(ns, ta), ta)
-    a0 = min(added.values())
-    active = sum(limit_of[ns] for ns in last)
-    allowed, prev = 0.0, a0
-    for ns, t in sorted(last.items(), key=lambda x: x[1]):
-        allowed += min(quota, active) * (t - prev)
-        prev, active = t, active - limit_of[ns]
-    used = 0.0
-    for key, ta in added.items():
-        end = last[key[0]]
-        used += max(0.0, min(finished.get(key, end), end) - max(ta, a0))
-    return used / allowed if allowed else None
+def replay(created, added, finished, account_of, limit_of, quota):
+    """Replays a backlog run from what was observed: each task's create (the
+    loader's answer), each pod's creation and end (the pod watch, one stream
+    in the apiserver's order), all on one clock; one GPU per task.
+
+    At every moment it knows, per account, the tasks waiting (created, no pod
+    yet) and the pods holding a GPU, and so:
+    - `open slots`: how many waiting tasks could start now, by the quota and
+      their accounts' concurrency limits;
+    - `allowed`: the GPUs that could be in use, min(quota, the limits of the
+      accounts with tasks waiting + the GPUs the other accounts hold).
+    A pod's end that opens a slot starts a gap; each pod creation that fills
+    a slot ends the oldest open gap (first in, first out). Arrivals that open
+    slots queue in the same line but are not gaps.
+
+    Returns the integrals over the time tasks waited (from the first pod to
+    the last pod created), the gaps in seconds, and a series for the plot."""
+    from collections import deque
+    events = [(t, 0, account_of[k]) for k, t in created.items()]
+    events += [(t, 1, account_of[k]) for k, t in added.items()]
+    events += [(t, 2, account_of[k]) for k, t in finished.items()]
+    events.sort()
+    accounts = sorted(limit_of)
+    waiting = dict.fromkeys(accounts, 0)
+    held = dict.fromkeys(accounts, 0)
+    a0, a1 = min(added.values()), max(added.values())
+
+    def state():
+        in_use = sum(held.values())
+        startable = sum(min(max(0, waiting[a]), max(0, limit_of[a] - held[a])) for a in accounts)
+        slots = max(0, min(quota - in_use, startable))
+        waiting_total = sum(max(0, w) for w in waiting.values())
+        allowed = min(quota, sum(limit_of[a] if waiting[a] > 0 else held[a] for a in accounts))
+        return slots, in_use, waiting_total, allowed
+
+    line = deque()  # open slots: (since, opened by a pod's end)
+    gaps, unpaired_starts = [], 0
+    used = allowed_int = waited = 0.0
+    series = []
+    done = 0
+    slots, in_use, waiting_total, allowed = state()
+    prev = events[0][0] if events else 0.0
+    for t, kind, a in events:
+        # integrate the level that held since the previous event
+        lo, hi = max(prev, a0), min(t, a1)
+        if hi > lo and waiting_total > 0:
+            used += in_use * (hi - lo)
+            allowed_int += allowed * (hi - lo)
+            waited += hi - lo
+        prev = t
+        if kind == 0:
+            waiting[a] += 1
+        elif kind == 1:
+            waiting[a] -= 1
+            held[a] += 1
+        else:
+            held[a] -= 1
+            done += 1
+        new_slots, in_use, waiting_total, allowed = state()
+        if new_slots > slots:
+            line.extend([(t, kind == 2)] * (new_slots - slots))
+        elif new_slots < slots:
+            for _ in range(slots - new_slots):
+                since, freed = line.popleft()
+                if freed:
+                    gaps.append(t - since)
+        elif kind == 1:
+            unpaired_starts += 1  # a start the replay saw no open slot for
+        slots = new_slots
+        series.append((t, in_use, allowed, waiting_total, done))
+    return {"used_gpu_seconds": used, "allowed_gpu_seconds": allowed_int, "waited_seconds": waited,
+            "window": (a0, a1), "gaps": gaps, "open_at_end": len(line), "unpaired_starts": unpaired_starts,
+            "series": series}
+
+
+def backlog_work(n, namespaces, durations):
+    """The backlog's tasks, in creation order: (namespace, name, template).
+    Each account submits in proportion to its plan's concurrency limit, in
+    interleaved rounds (per 5 concurrent tasks of limit, one task a round),
+    and each account's tasks cycle through the run times."""
+    plans = list(PLANS)
+    limit_of = {ns: PLANS[plans[i % len(plans)]][0] for i, ns in enumerate(namespaces)}
+    unit = 5
+    rounds = []
+    for r in range(max(limit_of.values()) // unit):
+        rounds += [ns for ns in namespaces if r < limit_of[ns] // unit]
+    names = list(durations)
+    work = []
+    for i in range(n):
+        c, slot = divmod(i, len(rounds))
+        work.append((rounds[slot], f"bl-{i}", names[(c + slot) % len(names)]))
+    return work, limit_of
 
 
 def backlog(args, sizes, out):
     n, n_acc, quota = sizes["backlog"], sizes["accounts"], sizes["quota"]
-    plans = ["free", "pro", "team"]
-    buckets = {"d1": 1.0, "d2": 2.0, "d4": 4.0}
+    plans = list(PLANS)
+    durations = {"d1": 1.0, "d2": 2.0, "d4": 4.0}
     namespaces = [f"bench-bl-{i:02d}" for i in range(n_acc)]
     parallel(ensure_namespace, namespaces, 8)
     for i, ns in enumerate(namespaces):
-        account(f"bench-bl-{i:02d}", plans[i % 3], [ns])
-        for b, secs in buckets.items():
+        account(ns, plans[i % len(plans)], [ns])
+        for b, secs in durations.items():
             template(ns, b, f"{int(secs * 1000)}ms")
-    names = list(buckets)
-    work = [(namespaces[i % n_acc], f"bl-{i}", names[(i * 7 + i // n_acc) % len(names)]) for i in range(n)]
-    gpu_seconds = sum(buckets[b] for _, _, b in work)
+    work, limit_of = backlog_work(n, namespaces, durations)
+    gpu_seconds = sum(durations[b] for _, _, b in work)
     # No schedule can beat either bound: all the work on the whole quota, or
     # one account's work at its plan's concurrency limit (1-GPU tasks).
-    limit = {"free": 5, "pro": 10, "team": 25}
     per_account = {}
     for ns, _, b in work:
-        per_account[ns] = per_account.get(ns, 0.0) + buckets[b]
-    ideal_limits = max([gpu_seconds / quota] + [w / limit[plans[namespaces.index(ns) % 3]]
-                                                for ns, w in per_account.items()])
+        per_account[ns] = per_account.get(ns, 0.0) + durations[b]
+    ideal = gpu_seconds / quota
+    ideal_limits = max([ideal] + [w / limit_of[ns] for ns, w in per_account.items()])
     ctl = Controller(args.runplane, out, "backlog", extra=["--gpu-quota", str(quota)])
     try:
         time.sleep(2)
+        before, lat_before = request_counts(latency=True)
+        pass_before = ctl.histogram("runplane_admission_pass_seconds")
         w = PodWatch("runplane.dev/task")
         t0 = now()
         cpu0 = ctl.cpu_seconds()
         # One loader run, in this order: the accounts and durations interleave.
-        lr = load(args, items=[(f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body(name, b)) for ns, name, b in work])
+        lr = load(args, items=[(f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body(name, b)) for ns, name, b in work],
+                  times=True)
         t_posted = now()
-        ideal = gpu_seconds / quota
         deadline = now() + max(args.phase_timeout, 4 * ideal_limits + 60)
         samples = []
         rss = []
@@ -700,61 +1027,98 @@ def backlog(args, sizes, out):
             samples.append((t, n - len(w.added) if t >= (t_posted - t0) else None, running, len(w.finished)))
             rss.append((t, ctl.rss_mb()))
             time.sleep(0.5)
+        # Every task's end written and its pod released, so that the writes
+        # counted below are all of them (a controller behind on the apiserver
+        # may need a while).
+        t_all_finished = now()
+        while now() < deadline + args.phase_timeout and len(w.released) < len(w.finished):
+            time.sleep(0.5)
+        catch_up = now() - t_all_finished
         w.close()
         cpu = ctl.cpu_seconds() - cpu0
+        rss_peak = max(v for _, v in rss) if rss else ctl.rss_mb()
+        time.sleep(4)  # the last charges and events
+        after, lat_after = request_counts(latency=True)
+        pass_after = ctl.histogram("runplane_admission_pass_seconds")
     finally:
         ctl.stop()
-    added = w.added
-    finished = w.finished
-    dur = {name: buckets[b] for _, name, b in work}
-    t_last_add = max(added.values())
-    # GPU-seconds held while tasks waited: window from the first pod to the last pod created
-    # (until then every freed GPU had a waiting task to take it).
-    a0 = min(added.values())
-    used = 0.0
-    for k, ta in added.items():
-        tf = finished.get(k, t_last_add)
-        used += max(0.0, min(tf, t_last_add) - max(ta, a0))
-    available = quota * (t_last_add - a0)
-    # freed -> next pod created, while the backlog lasted
-    adds = sorted(added.values())
-    gaps = []
-    import bisect
-    for tf in sorted(finished.values()):
-        if tf >= t_last_add:
-            break
-        j = bisect.bisect_right(adds, tf)
-        if j < len(adds):
-            gaps.append(adds[j] - tf)
-    gaps.sort()
+    passes = pass_after[1] - pass_before[1]
+    added, finished = dict(w.added), dict(w.finished)
+    release_lag = sorted(t - finished[k] for k, t in w.released.items() if k in finished)
+    created = {(ns, name): t for (ns, name, _), t in zip(work, lr["times"]) if t > 0}
+    account_of = {k: k[0] for k in list(created) + list(added)}
+    rp = replay(created, added, finished, account_of, limit_of, quota)
+    gaps = sorted(rp["gaps"])
 
     def pct(p):
-        return gaps[min(len(gaps) - 1, int(p / 100 * len(gaps)))] if gaps else None
+        return gaps[min(len(gaps) - 1, int(p / 100 * len(gaps)))] * 1000 if gaps else None
     makespan = (max(finished.values()) - t0) if finished else None
+    available = quota * rp["waited_seconds"]
+    # What the backlog cost the apiserver per task, with everything the
+    # controller writes for a task that waits.
+    by_reporter, reasons = events_by_reporter(namespaces)
+    other_events = sum(v for r, v in by_reporter.items() if r != RUNPLANE_REPORTER)
+    rows, total, _ = runplane_writes(before, after, n, lr["create_requests"], other_events)
     res = {"tasks": n, "accounts": n_acc, "quota_gpus": quota, "gpu_seconds_demand": gpu_seconds,
+           "concurrency_limit_sum": sum(limit_of.values()), "tasks_per_account": {
+               ns: sum(1 for x, _, _ in work if x == ns) for ns in namespaces},
            "started": len(added), "finished": len(finished),
            "post_seconds": t_posted - t0, "loader": loader_summary(lr),
-           "utilization": used / available if available else None,
-           "utilization_of_allowed": allowed_use(added, finished, {ns: limit[plans[i % 3]] for i, ns in
-                                                                  enumerate(namespaces)}, quota),
-           "ideal_makespan": ideal + max(buckets.values()) * 0, "measured_makespan": makespan,
+           "waited_seconds": rp["waited_seconds"], "window_seconds": [rp["window"][0] - t0, rp["window"][1] - t0],
+           "utilization": rp["used_gpu_seconds"] / available if available else None,
+           "utilization_of_allowed": rp["used_gpu_seconds"] / rp["allowed_gpu_seconds"]
+           if rp["allowed_gpu_seconds"] else None,
+           "ideal_makespan": ideal, "measured_makespan": makespan,
            "ideal_makespan_with_account_limits": ideal_limits,
-           "freed_to_next_p50_ms": pct(50) * 1000 if gaps else None,
-           "freed_to_next_p99_ms": pct(99) * 1000 if gaps else None, "gaps": len(gaps),
-           "controller_cpu_seconds": cpu, "samples": samples, "rss": rss,
-           "concurrency_limit_sum": sum({"free": 5, "pro": 10, "team": 25}[plans[i % 3]] for i in range(n_acc))}
-    print(f"  {n} tasks, quota {quota} GPUs, {gpu_seconds:.0f} GPU-s of work: GPU use while waiting "
-          f"{100 * res['utilization']:.1f}% of the quota, {100 * res['utilization_of_allowed']:.1f}% of what the "
-          f"accounts' limits allowed, makespan ideal {ideal:.1f}s (with the accounts' limits "
-          f"{ideal_limits:.1f}s) / measured {makespan:.1f}s (tasks created in {t_posted - t0:.1f}s), "
-          f"freed->next p50 {res['freed_to_next_p50_ms']:.0f} ms p99 {res['freed_to_next_p99_ms']:.0f} ms", flush=True)
-    # GPUs in use over time, from the watch
-    events = sorted([(t - t0, 1) for t in added.values()] + [(t - t0, -1) for t in finished.values()])
-    inuse, level = [], 0
-    for t, d in events:
-        level += d
-        inuse.append((t, level))
-    res["inuse"] = inuse[:: max(1, len(inuse) // 4000)]
+           "freed_to_next_p50_ms": pct(50), "freed_to_next_p90_ms": pct(90), "freed_to_next_p99_ms": pct(99),
+           "freed_to_next_max_ms": gaps[-1] * 1000 if gaps else None, "gaps": len(gaps),
+           "gaps_open_at_end": rp["open_at_end"], "starts_without_open_slot": rp["unpaired_starts"],
+           "gaps_ms": [round(g * 1000, 2) for g in gaps],
+           # The controller's own pace on the tasks' ends: pod seen finished
+           # -> pod seen released (task charged, its end written).
+           "released": len(release_lag), "catch_up_seconds": catch_up,
+           "end_to_release_p50_ms": release_lag[len(release_lag) // 2] * 1000 if release_lag else None,
+           "end_to_release_p99_ms": release_lag[min(len(release_lag) - 1, int(0.99 * len(release_lag)))] * 1000
+           if release_lag else None,
+           "controller_cpu_seconds": cpu, "controller_rss_peak_mb": rss_peak, "samples": samples, "rss": rss,
+           "writes": rows, "writes_per_task": total / n, "events_by_reporter": by_reporter,
+           "runplane_events": reasons,
+           # What a gap is made of: the controller's admission passes (their
+           # whole time, the pod creates they wait for included), and how
+           # long the apiserver took per write meanwhile.
+           "admission_passes": passes,
+           "admission_pass_mean_ms": (pass_after[0] - pass_before[0]) / passes * 1000 if passes else None,
+           "apiserver_mean_ms": {
+               f"{v} {r}{'/' + sr if sr else ''}": mean_latency_ms(lat_before, lat_after, (v, g, r, sr))
+               for v, g, r, sr in (("create", "", "pods", ""), ("apply", "runplane.dev", "gputasks", "status"),
+                                   ("create", "events.k8s.io", "events", ""),
+                                   ("create", "runplane.dev", "gputasks", ""))}}
+
+    def ms(v):
+        return f"{v:.0f} ms" if v is not None else "n/a"
+    print(f"  {n} tasks, {n_acc} accounts (limits sum {res['concurrency_limit_sum']}), quota {quota} GPUs, "
+          f"{gpu_seconds:.0f} GPU-s of work, created in {t_posted - t0:.1f}s", flush=True)
+    print(f"  while tasks waited ({rp['waited_seconds']:.1f}s): GPU use {100 * (res['utilization'] or 0):.1f}% of the "
+          f"quota, {100 * (res['utilization_of_allowed'] or 0):.1f}% of what the quota and the waiting accounts' "
+          f"limits allowed", flush=True)
+    print(f"  makespan ideal {ideal:.1f}s (with the accounts' limits {ideal_limits:.1f}s), measured "
+          f"{makespan or 0:.1f}s; freed GPU -> next pod: p50 {ms(res['freed_to_next_p50_ms'])}, p90 "
+          f"{ms(res['freed_to_next_p90_ms'])}, p99 {ms(res['freed_to_next_p99_ms'])} ({len(gaps)} gaps; "
+          f"{rp['unpaired_starts']} starts the replay had no open slot for)", flush=True)
+    print(f"  controller CPU {cpu:.1f}s, RSS peak {rss_peak:.1f} MB; runplane writes {total / n:.2f} per task "
+          f"(" + ", ".join(f"{r['verb']} {r['resource']} {r['per_task']:.2f}" for r in rows) + ")", flush=True)
+    print("  runplane's events: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"),
+          flush=True)
+    print(f"  pod end -> released by the controller: p50 {ms(res['end_to_release_p50_ms'])}, p99 "
+          f"{ms(res['end_to_release_p99_ms'])} ({len(release_lag)} of {len(finished)} released; the last "
+          f"{catch_up:.1f}s after the last pod ended)", flush=True)
+    print(f"  {passes:.0f} admission passes, {ms(res['admission_pass_mean_ms'])} on average (pod creates included); "
+          f"apiserver mean latency: " + ", ".join(f"{k} {ms(v)}" for k, v in res["apiserver_mean_ms"].items()),
+          flush=True)
+    # GPUs in use (and allowed) over time, for the plot
+    series = rp["series"]
+    step = max(1, len(series) // 4000)
+    res["inuse"] = [(t - t0, u, al, wt, d) for t, u, al, wt, d in series[::step]]
     delete_namespaces("bench-bl-")
     delete_accounts()
     return res
@@ -769,25 +1133,37 @@ def memory(args, sizes, out):
     template(ns_done, "t", "1s")
     template(ns_q, "t", "1s")
     done_created = queued_created = 0
-    ts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     # Finished tasks: created, then their status merge-patched as a controller would leave it.
-    finished = {"status": {"phase": "Completed", "startedAt": ts, "completedAt": ts, "processingTime": 1.0,
-                           "creditsUsed": 0, "output": {"text": "ok"}}}
+    finished = finished_status()
+
+    ensure_namespace("bench-mem-keys")
+
+    def peak(rss):
+        time.sleep(5)
+        vals = []
+        for _ in range(6):
+            vals.append(rss())
+            time.sleep(1)
+        return max(vals)
 
     def measure(label, tasks):
+        # One process at a time, each fresh: the controller, then the gateway
+        # (which caches every task too, for its reads).
         ctl = Controller(args.runplane, out, f"memory-{label}")
         try:
-            time.sleep(5)
-            vals = []
-            for _ in range(6):
-                vals.append(ctl.rss_mb())
-                time.sleep(1)
-            return {"tasks": tasks, "rss_mb": max(vals)}
+            point = {"tasks": tasks, "rss_mb": peak(ctl.rss_mb)}
         finally:
             ctl.stop()
+        gw = Gateway(args.runplane, out, f"memory-{label}", "bench-mem-keys")
+        try:
+            point["gateway_rss_mb"] = peak(gw.rss_mb)
+        finally:
+            gw.stop()
+        return point
 
     res["points"].append(measure("0", 0))
-    print(f"  0 tasks: {res['points'][-1]['rss_mb']:.1f} MB", flush=True)
+    print(f"  0 tasks: controller {res['points'][-1]['rss_mb']:.1f} MB, gateway "
+          f"{res['points'][-1]['gateway_rss_mb']:.1f} MB", flush=True)
     for target in points:
         t0 = now()
         queued = target // 100
@@ -806,12 +1182,13 @@ def memory(args, sizes, out):
         p["loader_finished"] = ld and loader_summary(ld)
         p["loader_queued"] = lq and loader_summary(lq)
         res["points"].append(p)
-        print(f"  {target} tasks ({queued} queued): {p['rss_mb']:.1f} MB (the new tasks created in "
-              f"{create_seconds:.1f}s, finished ones at {ld['rate'] if ld else 0:.0f}/s with their status patch)",
-              flush=True)
+        print(f"  {target} tasks ({queued} queued): controller {p['rss_mb']:.1f} MB, gateway "
+              f"{p['gateway_rss_mb']:.1f} MB (the new tasks created in {create_seconds:.1f}s, finished ones at "
+              f"{ld['rate'] if ld else 0:.0f}/s with their status patch)", flush=True)
     base = res["points"][0]
     for p in res["points"][1:]:
         p["bytes_per_task"] = (p["rss_mb"] - base["rss_mb"]) * 1024 * 1024 / p["tasks"]
+        p["gateway_bytes_per_task"] = (p["gateway_rss_mb"] - base["gateway_rss_mb"]) * 1024 * 1024 / p["tasks"]
     delete_namespaces("bench-mem")
     return res
 
@@ -860,40 +1237,67 @@ end""")
             "non_2xx": r["errors"]["status"], "socket_errors": {k: v for k, v in r["errors"].items() if k != "status"}}
 
 
-def gateway(args, sizes, out):
-    """`runplane api` under wrk: GET /healthz (the server's trivial handler),
-    GET /v1/tasks/{id} (API key, the reflector cache), POST /v1/run (each
-    creates a GpuTask in the apiserver; no controller runs, so they stay
-    queued), then GET /v1/tasks/{id} again with those tasks queued in the
-    account, and direct GpuTask creates (bench-load) at as many requests in
-    flight, for the POST rate to compare with."""
-    if not shutil.which("wrk"):
-        print("  skipped: wrk is not installed (run.sh installs Debian's wrk package)", flush=True)
-        return {"skipped": "wrk is not installed"}
-    ns, keys_ns, acct = "bench-gw", "bench-gw-keys", "bench-gw"
-    ensure_namespace(ns)
-    ensure_namespace(keys_ns)
-    # Limits far above what one run can use, so the rate limiter (and the
-    # concurrency limit) never answers instead of the handler.
-    account(acct, "custom", [ns], limits={"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000})
-    api("POST", f"/apis/{GROUP}/namespaces/{ns}/gputemplates",
-        {"apiVersion": GROUP, "kind": "GpuTemplate", "metadata": {"name": "echo"},
-         "spec": {"image": "example.com/worker:1", "gpus": 1,
-                  "inputSchema": {"type": "object", "required": ["prompt"],
-                                  "properties": {"prompt": {"type": "string", "minLength": 1}}},
-                  "podMetadata": {"annotations": {"e2e.runplane.dev/duration": "1s"}}}}, ok=(201, 409))
-    made = subprocess.run([args.runplane, "apikey", "create", "--kubeconfig", KUBECONFIG, "--account", acct,
+FINISHED_STATUS = {"phase": "Completed", "processingTime": 1.0, "creditsUsed": 0, "output": {"text": "ok"}}
+
+
+def finished_status():
+    """A status as the controller leaves a completed task (merge patch)."""
+    ts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"status": {**FINISHED_STATUS, "startedAt": ts, "completedAt": ts}}
+
+
+def task_view(response):
+    """The task of a RunKey answer ({"code": 0, "data": {…}}), or {}."""
+    if response.status_code != 200:
+        return {}
+    return (response.json() or {}).get("data") or {}
+
+
+def apikey(args, account_name, keys_ns):
+    made = subprocess.run([args.runplane, "apikey", "create", "--kubeconfig", KUBECONFIG, "--account", account_name,
                            "--namespace", keys_ns], capture_output=True, text=True, timeout=60)
     if made.returncode != 0:
         raise RuntimeError(f"runplane apikey create: {made.stderr[-500:]}")
-    key = made.stdout.strip().splitlines()[-1].strip()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(os.path.join(out, "gateway.log"), "w")
-    proc = subprocess.Popen([args.runplane, "api", "--kubeconfig", KUBECONFIG, "--listen", f"127.0.0.1:{port}",
-                             "--namespace", keys_ns], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "RUST_LOG": "warn"})
+    return made.stdout.strip().splitlines()[-1].strip()
+
+
+def gateway(args, sizes, out):
+    """`runplane api` under wrk: GET /healthz (the server's trivial handler),
+    GET /v1/tasks/{id} of a finished task (API key, the reflector cache),
+    POST /v1/run (each creates a GpuTask in the apiserver; no controller
+    runs, so they stay queued), then GET /v1/tasks/{id} of the last of those
+    queued tasks (its queue_position counts the ones before it), and direct
+    GpuTask creates (bench-load) at as many requests in flight, for the POST
+    rate to compare with. The finished task belongs to an account of its
+    own: every authenticated request counts against its account's rate
+    limit (a fixed minute), and two GET runs of one account could exceed
+    even the largest limit within one minute."""
+    if not shutil.which("wrk"):
+        print("  skipped: wrk is not installed (run.sh installs Debian's wrk package)", flush=True)
+        return {"skipped": "wrk is not installed"}
+    ns, done_ns, keys_ns = "bench-gw", "bench-gw-done", "bench-gw-keys"
+    for n in (ns, done_ns, keys_ns):
+        ensure_namespace(n)
+    echo = {"apiVersion": GROUP, "kind": "GpuTemplate", "metadata": {"name": "echo"},
+            "spec": {"image": "example.com/worker:1", "gpus": 1,
+                     "inputSchema": {"type": "object", "required": ["prompt"],
+                                     "properties": {"prompt": {"type": "string", "minLength": 1}}},
+                     "podMetadata": {"annotations": {"e2e.runplane.dev/duration": "1s"}}}}
+    # Limits far above what one run can use, so the rate limiter (and the
+    # concurrency limit) never answers instead of the handler.
+    for n in (ns, done_ns):
+        account(n, "custom", [n], limits=AMPLE)
+        api("POST", f"/apis/{GROUP}/namespaces/{n}/gputemplates", echo, ok=(201, 409))
+    done_id = "finished-0"
+    api("POST", f"/apis/{GROUP}/namespaces/{done_ns}/gputasks",
+        task_body(done_id, "echo"), ok=(201, 409))
+    api("PATCH", f"/apis/{GROUP}/namespaces/{done_ns}/gputasks/{done_id}/status", finished_status(),
+        ctype="application/merge-patch+json")
+    key, done_key = apikey(args, ns, keys_ns), apikey(args, done_ns, keys_ns)
+    gw = Gateway(args.runplane, out, "gateway", keys_ns)
+    proc, base = gw.proc, gw.base
     auth = {"Authorization": f"Bearer {key}"}
+    done_auth = {"Authorization": f"Bearer {done_key}"}
     run_body = json.dumps({"template_id": "echo", "input": {"prompt": "a small benchmark input"}})
     http = plain()
     res = {"threads": args.gw_threads, "connections": args.gw_connections, "duration": args.gw_duration,
@@ -903,7 +1307,7 @@ def gateway(args, sizes, out):
             deadline = now() + timeout
             while now() < deadline:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"the gateway exited; see {out}/gateway.log")
+                    raise RuntimeError(f"the gateway exited; see {gw.log.name}")
                 try:
                     if check():
                         return
@@ -912,14 +1316,13 @@ def gateway(args, sizes, out):
                 time.sleep(0.2)
             raise RuntimeError(f"timed out waiting for {what}")
 
-        until("the gateway's /readyz", lambda: http.get(f"{base}/readyz", timeout=2).status_code == 200)
-        until("the API key", lambda: http.get(f"{base}/v1/account", headers=auth, timeout=2).status_code == 200)
+        until("the API keys", lambda: all(http.get(f"{base}/v1/account", headers=h, timeout=2).status_code == 200
+                                          for h in (auth, done_auth)))
+        until("the finished task in the gateway's cache",
+              lambda: task_view(http.get(f"{base}/v1/tasks/{done_id}", headers=done_auth, timeout=2)).get("status")
+              == "completed")
         until("the template", lambda: http.post(f"{base}/v1/run", data=run_body, timeout=10, headers={
             **auth, "Content-Type": "application/json"}).status_code == 202)
-        listed = api("GET", f"/apis/{GROUP}/namespaces/{ns}/gputasks")["items"]
-        task_id = listed[0]["metadata"]["name"]
-        until("the task in the gateway's cache",
-              lambda: http.get(f"{base}/v1/tasks/{task_id}", headers=auth, timeout=2).status_code == 200)
         res["rss_mb_ready"] = proc_rss_mb(proc.pid)
 
         def phase(key, label, path, duration, method="GET", headers=None, body=None):
@@ -927,33 +1330,35 @@ def gateway(args, sizes, out):
             r = wrk_run(args, base + path, duration, method, headers, body)
             r.update(key=key, endpoint=label, gateway_cpu_seconds=proc_cpu_seconds(proc.pid) - cpu0)
             res["rows"].append(r)
-            print(f"    {label:38} {r['rate']:9.0f}/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+            print(f"    {label:50} {r['rate']:9.0f}/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
                   f"non-2xx {r['non_2xx']}", flush=True)
             return r
 
         phase("healthz", "GET /healthz", "/healthz", args.gw_duration)
-        phase("get_task", "GET /v1/tasks/{id}", f"/v1/tasks/{task_id}", args.gw_duration, headers=auth)
+        phase("get_task", "GET /v1/tasks/{id} (finished)", f"/v1/tasks/{done_id}", args.gw_duration,
+              headers=done_auth)
         before = len(api("GET", f"/apis/{GROUP}/namespaces/{ns}/gputasks")["items"])
         post = phase("run", "POST /v1/run", "/v1/run", args.gw_post_duration, "POST",
                      {**auth, "Content-Type": "application/json"}, run_body)
         # Tasks the POSTs created, as the apiserver has them (wrk drops the
         # answers still in flight when it stops; their tasks exist all the same).
         time.sleep(1)
-        queued = len(api("GET", f"/apis/{GROUP}/namespaces/{ns}/gputasks")["items"])
+        items = api("GET", f"/apis/{GROUP}/namespaces/{ns}/gputasks")["items"]
+        queued = len(items)
         post["tasks_created"] = queued - before
-        phase("get_task_queued", f"GET /v1/tasks/{{id}} ({queued} queued)", f"/v1/tasks/{task_id}",
+        # The newest task: the whole queue of the account is ahead of it.
+        last = max(items, key=lambda t: (t["metadata"]["creationTimestamp"], t["metadata"]["name"]))
+        task_id = last["metadata"]["name"]
+        until("the newest task in the gateway's cache",
+              lambda: http.get(f"{base}/v1/tasks/{task_id}", headers=auth, timeout=2).status_code == 200)
+        position = task_view(http.get(f"{base}/v1/tasks/{task_id}", headers=auth, timeout=2)).get("queue_position")
+        res["queue_position"] = position
+        phase("get_task_queued", f"GET /v1/tasks/{{id}} (queued, {queued} in the account)", f"/v1/tasks/{task_id}",
               args.gw_duration, headers=auth)
         res["rss_mb_after"] = proc_rss_mb(proc.pid)
         res["cpu_seconds_total"] = proc_cpu_seconds(proc.pid)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        gw.stop()
     # The apiserver's own create rate at as many requests in flight, for POST /v1/run to compare with.
     direct_n = max(200, post["tasks_created"])
     lr = load(args, f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body("direct-{i}", "echo"), direct_n,
@@ -963,14 +1368,15 @@ def gateway(args, sizes, out):
     for r in res["rows"]:
         r["ratio_to_healthz"] = r["rate"] / healthz
     post["ratio_to_direct_creates"] = post["rate"] / lr["rate"]
-    print(f"  {'endpoint':38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'÷ healthz':>9} {'non-2xx':>8} "
+    print(f"  {'endpoint':50} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'÷ healthz':>9} {'non-2xx':>8} "
           f"{'gw CPU s':>8}")
     for r in res["rows"]:
-        print(f"  {r['endpoint']:38} {r['rate']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+        print(f"  {r['endpoint']:50} {r['rate']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
               f"{r['ratio_to_healthz']:9.3f} {r['non_2xx']:8} {r['gateway_cpu_seconds']:8.1f}")
     print(f"  POST /v1/run created {post['tasks_created']} GpuTasks in {post['seconds']:.1f}s; direct creates "
           f"(bench-load, {args.gw_connections} in flight): {lr['rate']:.0f}/s, so POST ÷ direct = "
           f"{post['ratio_to_direct_creates']:.2f}")
+    print(f"  the queued task's queue_position: {res['queue_position']}", flush=True)
     print(f"  gateway RSS {res['rss_mb_ready']:.1f} MB when ready, {res['rss_mb_after']:.1f} MB after the run; "
           f"{wrk_version()}", flush=True)
     res["wrk"] = wrk_version()

@@ -52,8 +52,16 @@ TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$(cd "$TARGET/release" && pwd)/runplane
 LOADER=$(cd "$TARGET/release/examples" && pwd)/bench-load
 
+# The control plane's binaries and the kubectl of the same release (the
+# machine's kubectl may be outside the supported version skew), as
+# e2e/test.sh uses them: built on first use, the directory on the last line.
+CLUSTER_BIN=$(bash e2e/cluster/build.sh | tail -n1)
+export KUBECTL="$CLUSTER_BIN/kubectl"
+export PATH="$CLUSTER_BIN:$PATH"
+
 bash e2e/cluster/up.sh >/dev/null
-kubectl --kubeconfig "$RUNPLANE_E2E_STATE/kubeconfig" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
+"$KUBECTL" --kubeconfig "$RUNPLANE_E2E_STATE/kubeconfig" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
+"$KUBECTL" --kubeconfig "$RUNPLANE_E2E_STATE/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
 OUT=${BENCH_OUT:-e2e/bench/results}
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
