@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::PostParams;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use super::Context;
 use super::accounts::Counts;
@@ -59,6 +59,9 @@ struct PodUse {
     gpus: BTreeMap<String, i64>,
     per_run: i64,
 }
+
+/// A task whose pod could not be created, and that pod.
+type FailedCreate = (TaskKey, TaskKey);
 
 /// Why a task waits, or that it can never start.
 enum Blocked {
@@ -102,6 +105,10 @@ pub struct Admitter {
     credit_blocked: BTreeMap<String, Vec<i64>>,
     last_full: Option<Instant>,
     last_phase_counts: Option<Instant>,
+    /// Pod creates run beside the passes; the tasks whose create failed come
+    /// back here (with their pod), and wake the loop.
+    failed_creates: (mpsc::UnboundedSender<FailedCreate>, mpsc::UnboundedReceiver<FailedCreate>),
+    wake: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -130,10 +137,13 @@ impl Admitter {
             credit_blocked: BTreeMap::new(),
             last_full: None,
             last_phase_counts: None,
+            failed_creates: mpsc::unbounded_channel(),
+            wake: Arc::new(Notify::new()),
         }
     }
 
     pub async fn run(mut self, changed: Arc<Notify>) {
+        self.wake = changed.clone();
         let mut last = Duration::ZERO;
         loop {
             tokio::select! {
@@ -160,6 +170,11 @@ impl Admitter {
 
         // What changed since the last pass; everything, when the index must be rebuilt.
         let (mut dirty_tasks, dirty_pods, relisted) = self.dirty.take();
+        let mut failed = Vec::new();
+        while let Ok((task, pod)) = self.failed_creates.1.try_recv() {
+            self.inflight.remove(&pod);
+            failed.push(task);
+        }
         let specs = specs(&ctx);
         let full = relisted || specs != self.specs || self.last_full.is_none_or(|t| t.elapsed() >= FULL_PASS_EVERY);
         let changed_pods: Vec<Arc<Pod>> = if full {
@@ -226,11 +241,12 @@ impl Admitter {
             );
         }
 
+        // A task whose pod could not be created is looked at again.
+        self.dirty_again(failed);
         let decision = self.queue.admit(&usage, &cluster);
         let deciding = started.elapsed();
-        let failed = self.start(&decision, now).await;
-        // A task whose pod could not be created is looked at again next pass.
-        self.dirty_again(failed);
+        let vanished = self.start(&decision, now);
+        self.dirty_again(vanished);
 
         // Record why the tasks that changed wait, when that is news.
         let mut check: HashSet<TaskKey> = dirty_tasks;
@@ -344,9 +360,12 @@ impl Admitter {
             .collect()
     }
 
-    /// Creates the pods of the admitted tasks; returns the tasks whose pod
-    /// was not created (the create failed, or the task or its template went).
-    async fn start(&mut self, decision: &Decision, now: Timestamp) -> Vec<TaskKey> {
+    /// Starts creating the pods of the admitted tasks, beside the passes: a
+    /// slow create must not hold up the next pass, which may have GPUs to
+    /// hand out. Until the cache shows a pod, its capacity is counted as in
+    /// flight, and the task is not admitted again. Returns the tasks that
+    /// went (or whose template went) before their pod could be made.
+    fn start(&mut self, decision: &Decision, now: Timestamp) -> Vec<TaskKey> {
         let ctx = self.ctx.clone();
         let mut creates = Vec::new();
         let mut vanished = Vec::new();
@@ -379,30 +398,10 @@ impl Admitter {
             }
             creates.push((key.clone(), pod_key, pod));
         }
-        let client = ctx.client.clone();
-        let failed: Vec<(TaskKey, TaskKey)> = futures::stream::iter(creates)
-            .map(|(task, key, pod)| {
-                let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
-                async move {
-                    match api.create(&PostParams::default(), &pod).await {
-                        Ok(_) => None,
-                        Err(e) if is_status(&e, 409) => None,
-                        Err(error) => {
-                            tracing::warn!(pod = %key.name, namespace = %key.namespace, %error, "creating a task pod failed");
-                            Some((task, key))
-                        }
-                    }
-                }
-            })
-            .buffer_unordered(PARALLEL_WRITES)
-            .filter_map(|k| async move { k })
-            .collect()
-            .await;
-        ctx.metrics.admissions.inc_by((decision.admitted.len() - failed.len() - vanished.len()) as u64);
-        for (_, pod) in &failed {
-            self.inflight.remove(pod);
+        if !creates.is_empty() {
+            tokio::spawn(create_pods(ctx, creates, self.failed_creates.0.clone(), self.wake.clone()));
         }
-        failed.into_iter().map(|(task, _)| task).chain(vanished).collect()
+        vanished
     }
 
     fn dirty_again(&mut self, tasks: Vec<TaskKey>) {
@@ -538,6 +537,41 @@ impl Admitter {
 }
 
 /// A pod's namespace and name.
+/// Creates admitted tasks' pods (an existing pod of the same name is the
+/// same attempt's: created already); sends back the ones that failed.
+async fn create_pods(
+    ctx: Arc<Context>,
+    creates: Vec<(TaskKey, TaskKey, Pod)>,
+    failed: mpsc::UnboundedSender<FailedCreate>,
+    wake: Arc<Notify>,
+) {
+    let total = creates.len() as u64;
+    let created = futures::stream::iter(creates)
+        .map(|(task, key, pod)| {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+            let failed = failed.clone();
+            async move {
+                match api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => 1,
+                    Err(e) if is_status(&e, 409) => 1,
+                    Err(error) => {
+                        tracing::warn!(pod = %key.name, namespace = %key.namespace, %error, "creating a task pod failed");
+                        // The receiver lives as long as the loop.
+                        let _ = failed.send((task, key));
+                        0
+                    }
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL_WRITES)
+        .fold(0_u64, |n, c| async move { n + c })
+        .await;
+    ctx.metrics.admissions.inc_by(created);
+    if created < total {
+        wake.notify_one();
+    }
+}
+
 fn key_of(pod: &Pod) -> TaskKey {
     TaskKey::new(pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
 }
