@@ -990,7 +990,7 @@ def backlog_work(n, namespaces, durations):
 def backlog(args, sizes, out):
     n, n_acc, quota = sizes["backlog"], sizes["accounts"], sizes["quota"]
     plans = list(PLANS)
-    durations = {"d1": 1.0, "d2": 2.0, "d4": 4.0}
+    durations = {f"d{i}": float(secs) for i, secs in enumerate(args.backlog_seconds.split(","))}
     namespaces = [f"bench-bl-{i:02d}" for i in range(n_acc)]
     parallel(ensure_namespace, namespaces, 8)
     for i, ns in enumerate(namespaces):
@@ -1413,6 +1413,8 @@ def main():
     p.add_argument("--gw-duration", type=int, default=10, help="seconds of each GET run (gateway)")
     p.add_argument("--gw-post-duration", type=int, default=5, help="seconds of the POST /v1/run run (gateway)")
     p.add_argument("--phase-timeout", type=float, default=180)
+    p.add_argument("--backlog-seconds", default="1,2,4",
+                   help="the backlog's scripted run times, in turn (seconds, comma-separated)")
     p.add_argument("--skip-kcm-defaults", action="store_true")
     for k in ("throughput", "backlog", "quota", "accounts", "writes", "job_defaults"):
         p.add_argument(f"--{k.replace('_', '-')}", type=int)
