@@ -1060,6 +1060,7 @@ def backlog(args, sizes, out):
     other_events = sum(v for r, v in by_reporter.items() if r != RUNPLANE_REPORTER)
     rows, total, _ = runplane_writes(before, after, n, lr["create_requests"], other_events)
     res = {"tasks": n, "accounts": n_acc, "quota_gpus": quota, "gpu_seconds_demand": gpu_seconds,
+           "run_seconds": list(durations.values()),
            "concurrency_limit_sum": sum(limit_of.values()), "tasks_per_account": {
                ns: sum(1 for x, _, _ in work if x == ns) for ns in namespaces},
            "started": len(added), "finished": len(finished),
