@@ -837,3 +837,32 @@ async fn plan_limits_come_from_the_operators_table() {
     assert_eq!(tenant.live_pods().await.len(), 2, "no more pods than the plan allows");
     tenant.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_pod_the_apiserver_refuses_is_created_once_it_may_be() {
+    let _cluster = serial();
+    sweep().await;
+    let tenant = Tenant::new("refused", "pro", 1000).await;
+    // A ResourceQuota that allows no pods: the apiserver refuses the task's pod.
+    let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods", "namespace": tenant.name}, "spec": {"hard": {"pods": "0"}}});
+    let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&quota.to_string()));
+    assert!(ok, "{out}");
+    let controller = Controller::start(&[]).await;
+    tenant.template("work", "1s", json!({})).await;
+    tenant.task("t", "work", json!({})).await;
+    wait_for("the controller to be refused the pod", MINUTE, || async {
+        let log = std::fs::read_to_string(&controller.log).unwrap_or_default();
+        log.contains("creating a task pod failed").then_some(())
+    })
+    .await;
+    let t = tenant.get("t").await;
+    assert_eq!(t.phase(), Some(TaskPhase::Queued), "a refused pod leaves the task queued");
+    let (ok, out) = kubectl(&["delete", "resourcequota", "no-pods", "-n", &tenant.name], None);
+    assert!(ok, "{out}");
+    // Well before the two minutes after which an unseen create stops
+    // counting: the failed create itself gave the task back to admission.
+    let t = tenant.wait_phase("t", TaskPhase::Completed, Duration::from_secs(45)).await;
+    assert_eq!(t.status.unwrap().attempts, Some(1), "one attempt: the refused creates were not attempts");
+    tenant.cleanup().await;
+}

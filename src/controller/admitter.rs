@@ -106,9 +106,10 @@ pub struct Admitter {
     last_full: Option<Instant>,
     last_phase_counts: Option<Instant>,
     /// Pod creates run beside the passes; the tasks whose create failed come
-    /// back here (with their pod), and wake the loop.
+    /// back here (with their pod), to be tried again on a later pass (at the
+    /// latest the next second's, which paces retries against an apiserver
+    /// that keeps refusing).
     failed_creates: (mpsc::UnboundedSender<FailedCreate>, mpsc::UnboundedReceiver<FailedCreate>),
-    wake: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -138,12 +139,10 @@ impl Admitter {
             last_full: None,
             last_phase_counts: None,
             failed_creates: mpsc::unbounded_channel(),
-            wake: Arc::new(Notify::new()),
         }
     }
 
     pub async fn run(mut self, changed: Arc<Notify>) {
-        self.wake = changed.clone();
         let mut last = Duration::ZERO;
         loop {
             tokio::select! {
@@ -399,7 +398,7 @@ impl Admitter {
             creates.push((key.clone(), pod_key, pod));
         }
         if !creates.is_empty() {
-            tokio::spawn(create_pods(ctx, creates, self.failed_creates.0.clone(), self.wake.clone()));
+            tokio::spawn(create_pods(ctx, creates, self.failed_creates.0.clone()));
         }
         vanished
     }
@@ -543,9 +542,7 @@ async fn create_pods(
     ctx: Arc<Context>,
     creates: Vec<(TaskKey, TaskKey, Pod)>,
     failed: mpsc::UnboundedSender<FailedCreate>,
-    wake: Arc<Notify>,
 ) {
-    let total = creates.len() as u64;
     let created = futures::stream::iter(creates)
         .map(|(task, key, pod)| {
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
@@ -567,9 +564,6 @@ async fn create_pods(
         .fold(0_u64, |n, c| async move { n + c })
         .await;
     ctx.metrics.admissions.inc_by(created);
-    if created < total {
-        wake.notify_one();
-    }
 }
 
 fn key_of(pod: &Pod) -> TaskKey {
