@@ -505,28 +505,9 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{GpuTaskSpec, GpuTaskStatus, TaskPhase, TemplateRef};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use crate::api::wire::tests::task;
+    use crate::resources::TaskPhase;
     use serde_json::json;
-
-    fn task(ns: &str, name: &str, created: i64, priority: i32, phase: Option<TaskPhase>) -> GpuTask {
-        let mut task = GpuTask::new(
-            name,
-            GpuTaskSpec {
-                template_ref: TemplateRef { name: "tpl".into() },
-                input: json!({}),
-                webhook_url: None,
-                webhook_on_cancel: false,
-                priority,
-                timeout_seconds: None,
-                cancel: false,
-            },
-        );
-        task.metadata.namespace = Some(ns.into());
-        task.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
-        task.status = Some(GpuTaskStatus { phase, ..Default::default() });
-        task
-    }
 
     fn nss(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()

@@ -646,12 +646,13 @@ pub fn valid_idempotency_key(key: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::resources::{GpuTaskSpec, GpuTaskStatus, TemplateRef};
     use serde_json::json;
 
-    fn task(ns: &str, name: &str, created: i64, priority: i32, phase: Option<TaskPhase>) -> GpuTask {
+    /// A task for tests: namespace, name, creation second, priority, phase.
+    pub(crate) fn task(ns: &str, name: &str, created: i64, priority: i32, phase: Option<TaskPhase>) -> GpuTask {
         let mut task = GpuTask::new(
             name,
             GpuTaskSpec {
