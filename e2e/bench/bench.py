@@ -366,31 +366,50 @@ def proc_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Controller:
-    def __init__(self, binary, out, name, extra=()):
-        self.metrics = int(os.environ.get("RUNPLANE_BENCH_METRICS_PORT", "28080"))
-        self.log = open(os.path.join(out, f"controller-{name}.log"), "w")
-        self.proc = subprocess.Popen(
-            [binary, "controller", "--kubeconfig", os.path.join(STATE, "kubeconfig"), "--leader-election=false",
-             "--metrics-addr", f"127.0.0.1:{self.metrics}", *plan_flags(), *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
-        deadline = now() + 120
+class Child:
+    """A runplane process (`args` after the binary), its output in
+    `<out>/<log>.log`, ready when its `ready_url` answers 200 (within
+    `timeout` seconds) before the constructor returns."""
+
+    def __init__(self, binary, args, out, log, ready_url, timeout, what):
+        self.log = open(os.path.join(out, f"{log}.log"), "w")
+        self.proc = subprocess.Popen([binary, *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "RUST_LOG": "warn"})
+        deadline = now() + timeout
         while now() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("controller exited; see its log")
+                raise RuntimeError(f"the {what} exited; see {self.log.name}")
             try:
-                if plain().get(f"http://127.0.0.1:{self.metrics}/readyz", timeout=2).status_code == 200:
+                if plain().get(ready_url, timeout=2).status_code == 200:
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("controller never became ready")
+        raise RuntimeError(f"the {what} never became ready")
 
     def rss_mb(self):
         return proc_rss_mb(self.proc.pid)
 
     def cpu_seconds(self):
         return proc_cpu_seconds(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Controller(Child):
+    def __init__(self, binary, out, name, extra=()):
+        self.metrics = int(os.environ.get("RUNPLANE_BENCH_METRICS_PORT", "28080"))
+        super().__init__(binary, ["controller", "--kubeconfig", KUBECONFIG, "--leader-election=false",
+                                  "--metrics-addr", f"127.0.0.1:{self.metrics}", *plan_flags(), *extra],
+                         out, f"controller-{name}", f"http://127.0.0.1:{self.metrics}/readyz", 120, "controller")
 
     def histogram(self, name):
         """(sum, count) of one of the controller's histograms, now."""
@@ -398,56 +417,17 @@ class Controller:
         got = {n: v for n, _, v in samples_of(text, (f"{name}_sum", f"{name}_count"))}
         return got.get(f"{name}_sum", 0.0), got.get(f"{name}_count", 0.0)
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
-
-class Gateway:
-    """`runplane api` as a child process on a free loopback port, ready
-    (its caches filled) when the constructor returns."""
+class Gateway(Child):
+    """`runplane api` on a free loopback port, ready (its caches filled)
+    when the constructor returns."""
 
     def __init__(self, binary, out, name, key_namespace):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(out, f"gateway-{name}.log"), "w")
-        self.proc = subprocess.Popen(
-            [binary, "api", "--kubeconfig", KUBECONFIG, "--listen", f"127.0.0.1:{self.port}",
-             "--namespace", key_namespace, *plan_flags()],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
-        deadline = now() + 300
-        while now() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited; see {self.log.name}")
-            try:
-                if plain().get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the gateway never became ready")
-
-    def rss_mb(self):
-        return proc_rss_mb(self.proc.pid)
-
-    def cpu_seconds(self):
-        return proc_cpu_seconds(self.proc.pid)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        super().__init__(binary, ["api", "--kubeconfig", KUBECONFIG, "--listen", f"127.0.0.1:{self.port}",
+                                  "--namespace", key_namespace, *plan_flags()],
+                         out, f"gateway-{name}", f"{self.base}/readyz", 300, "gateway")
 
 
 # ---------------------------------------------------------------------------
