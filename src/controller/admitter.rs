@@ -535,7 +535,6 @@ impl Admitter {
     }
 }
 
-/// A pod's namespace and name.
 /// Creates admitted tasks' pods (an existing pod of the same name is the
 /// same attempt's: created already); sends back the ones that failed.
 async fn create_pods(
@@ -566,6 +565,7 @@ async fn create_pods(
     ctx.metrics.admissions.inc_by(created);
 }
 
+/// A pod's namespace and name.
 fn key_of(pod: &Pod) -> TaskKey {
     TaskKey::new(pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
 }
