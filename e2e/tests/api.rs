@@ -546,7 +546,9 @@ async fn seed_examples_work_as_written() {
     let (workload, path) = workload_of(&stack, &tenant, &running_id).await;
     let reported = report_progress(&workload, &path, json!({"progress": 65})).await;
     assert_eq!(reported.status, StatusCode::OK, "{}", reported.body);
-    let running = api.task(&running_id).await;
+    // The gateway answers from its cache, which shows the write once its
+    // watch has delivered it.
+    let running = api.wait_task(&running_id, "progress 65", |t| t["progress"] == 65).await;
     assert_eq!(running["task_id"], running_id.as_str());
     assert_eq!(running["template_id"], "forever");
     assert_eq!(running["status"], "running");
