@@ -1509,9 +1509,9 @@ async fn cli_waits_for_a_long_task_within_a_free_plan() {
     let tenant = Tenant::new("cli-free", "free", 1000).await;
     let keys = KeyNamespace::new().await;
     let key = keys.key(&tenant.name);
-    // Polled twice a second, 40 s would take 80 requests: more than the
+    // Polled twice a second, 20 s would take 40 requests: more than the
     // free plan's 30 a minute.
-    tenant.template("slow", "40s", json!({})).await;
+    tenant.template("slow", "20s", json!({})).await;
     tenant.template("broken", "1s", json!({"podMetadata": {"annotations": {"e2e.runplane.dev/exit-code": "3", "e2e.runplane.dev/message": "out of memory"}}})).await;
     tenant.template("forever", "forever", json!({})).await;
     let stack = Stack::start(&keys.name).await;
@@ -1559,7 +1559,7 @@ async fn cli_waits_for_a_long_task_within_a_free_plan() {
     assert!(metrics.lines().any(|l| l == "runplane_rate_limited_total 0"), "{metrics}");
     let polls = stack.gateway.metric(r#"runplane_api_requests_total{code="200",route="/v1/tasks/{task_id}"}"#).await
         - requests_before;
-    assert!(polls <= 6.0, "{polls} polls for a 40 s task");
+    assert!(polls <= 6.0, "{polls} polls for a 20 s task");
     tenant.cleanup().await;
     keys.cleanup().await;
     drop(stack);
