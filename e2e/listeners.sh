@@ -17,7 +17,8 @@
 #   e2e/listeners.sh report FILE    exit 1 listing what FILE recorded
 #
 # Needs ss from iproute2 (e2e/tools/iproute2.sh installs it).
-# Env: RUNPLANE_E2E_RUN, RUNPLANE_E2E_STATE [e2e/.cluster]
+# Env: RUNPLANE_E2E_RUN, RUNPLANE_E2E_STATE [e2e/.cluster] (state directories
+# of several control planes: separated by ':')
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,9 +32,12 @@ die() { printf '[listeners] ERROR: %s\n' "$*" >&2; exit 2; }
 command -v ss >/dev/null 2>&1 || die "ss (iproute2) is required: bash e2e/tools/iproute2.sh"
 
 cluster_pids() {
-  local f
-  for f in "$STATE"/pids/*.pid; do
-    [[ -s $f ]] && cat "$f"
+  local f state states
+  IFS=: read -ra states <<<"$STATE"
+  for state in "${states[@]}"; do
+    for f in "$state"/pids/*.pid; do
+      [[ -s $f ]] && cat "$f"
+    done
   done
   return 0
 }

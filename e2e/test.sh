@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Everything `make test` runs: formatting and lints, the unit tests, then
-# the end-to-end suite on the real local control plane. A cluster this
-# script started is stopped at the end, also when a test fails.
+# the end-to-end suites on real local control planes. Control planes this
+# script started are stopped at the end, also when a test fails.
+#
+# Each end-to-end suite starts controllers that act on the whole cluster, so
+# two suites must never share a control plane at the same time. To run them
+# two at a time there are two control planes, started (and on first use
+# built) while the Rust code builds, and two lanes of suites:
+#   e2e/.cluster    (the default ports)  the controller suite, webhooks, the chart
+#   e2e/.cluster-2  (ports +100)         the gateway suite, schemathesis
+# Each lane's output is printed with its name in front.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,6 +20,99 @@ log() { printf '==> %s\n' "$*" >&2; }
 # binaries, so that a fresh clone reuses what an earlier run compiled.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${RUNPLANE_CACHE:-$HOME/.cache/runplane}/target}
 
+# Every process this run starts inherits this mark; e2e/listeners.sh uses it
+# to check that none of them listens beyond loopback.
+RUNPLANE_E2E_RUN="test-$$-$(date +%s)"
+export RUNPLANE_E2E_RUN
+
+CLUSTER_1="$ROOT/e2e/.cluster"
+CLUSTER_2="$ROOT/e2e/.cluster-2"
+in_cluster() { # state directory, command...: runs it with up.sh's settings for that cluster
+    local state=$1
+    shift
+    (
+        export RUNPLANE_E2E_STATE=$state
+        if [[ $state == "$CLUSTER_2" ]]; then
+            # The second control plane's ports: the defaults of up.sh + 100.
+            export RUNPLANE_E2E_APISERVER_PORT=16543 RUNPLANE_E2E_ETCD_PORT=12479 \
+                RUNPLANE_E2E_ETCD_PEER_PORT=12480 RUNPLANE_E2E_CONTROLLER_MANAGER_PORT=17357 \
+                RUNPLANE_E2E_SCHEDULER_PORT=17359 RUNPLANE_E2E_KWOK_PORT=17347
+        fi
+        "$@"
+    )
+}
+running() { # state directory: its API server is up (a cluster from before this run)
+    local pidfile="$1/pids/kube-apiserver.pid"
+    [[ -s $pidfile ]] && kill -0 "$(<"$pidfile")" 2>/dev/null
+}
+
+# A running demo controller would act on the tests' tasks too.
+bash e2e/demo.sh stop
+
+stop_clusters=()
+for state in "$CLUSTER_1" "$CLUSTER_2"; do
+    running "$state" || stop_clusters+=("$state")
+done
+WORK=$(mktemp -d)
+watcher=""
+background=()
+cleanup() {
+    local pid
+    for pid in "${background[@]}"; do
+        # Each background job leads its own process group (set -m below).
+        kill -- "-$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n $watcher ]]; then
+        kill "$watcher" 2>/dev/null || true
+        wait "$watcher" 2>/dev/null || true
+    fi
+    for state in "${stop_clusters[@]}"; do
+        log "stopping the control plane in ${state#"$ROOT"/}"
+        in_cluster "$state" bash e2e/cluster/down.sh || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+# Background jobs get process groups of their own, so that cleanup can stop
+# a job together with everything it started.
+set -m
+
+# Servers the tests start live for seconds only: look at the listening
+# sockets throughout, not only at the end.
+bash e2e/tools/iproute2.sh
+RUNPLANE_E2E_STATE="$CLUSTER_1:$CLUSTER_2" bash e2e/listeners.sh watch "$WORK/listeners" &
+watcher=$!
+
+start_cluster() { # state directory
+    local state=$1
+    # A control plane that fails to come up (seen once: etcd stopping right
+    # after its first health check) is started again once, from clean state.
+    if ! in_cluster "$state" bash e2e/cluster/up.sh >/dev/null; then
+        log "the control plane in ${state#"$ROOT"/} did not start; retrying once from clean state"
+        in_cluster "$state" bash e2e/cluster/down.sh --purge >/dev/null 2>&1 || true
+        in_cluster "$state" bash e2e/cluster/up.sh >/dev/null || return 1
+    fi
+    "$KUBECTL" --kubeconfig "$state/kubeconfig" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null &&
+        "$KUBECTL" --kubeconfig "$state/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >/dev/null
+}
+prepare() {
+    # The control plane's binaries and the kubectl of the same release (the
+    # machine's kubectl may be outside the supported version skew), and helm
+    # for the chart's checks: Go builds, from the module cache once.
+    KUBECTL="$(bash e2e/cluster/build.sh | tail -n1)/kubectl"
+    export KUBECTL
+    bash e2e/tools/build.sh >/dev/null
+    start_cluster "$CLUSTER_1" &
+    local first=$!
+    start_cluster "$CLUSTER_2" || { wait "$first" || true; return 1; }
+    wait "$first"
+}
+log "in the background: the control plane's binaries, kubectl and helm (built on first use; see e2e/cluster/README.md), then two control planes"
+prepare >"$WORK/prepare.log" 2>&1 &
+preparing=$!
+background+=("$preparing")
+
 log "checking formatting and lints"
 cargo fmt --check
 # The e2e suites are test = false (they need the cluster), so name them too.
@@ -19,67 +120,22 @@ cargo clippy --all-targets --test e2e --test webhooks --test api --test install 
 
 log "unit tests"
 cargo test --quiet
+log "building the end-to-end suites"
+cargo test --quiet --no-run --test e2e --test webhooks --test api --test install
 
-# A running demo controller would act on the tests' tasks too.
-bash e2e/demo.sh stop
-
-# The control plane's binaries and the kubectl of the same release (the
-# machine's kubectl may be outside the supported version skew): everything
-# below, the scripts and the tests use that kubectl.
-log "the control plane's binaries and kubectl (built on first use; see e2e/cluster/README.md)"
+log "waiting for the control planes"
+if ! wait "$preparing"; then
+    cat "$WORK/prepare.log" >&2
+    log "building or starting the control planes failed (its output is above)"
+    exit 1
+fi
+background=()
 CLUSTER_BIN=$(bash e2e/cluster/build.sh | tail -n1)
 export KUBECTL="$CLUSTER_BIN/kubectl"
 export PATH="$CLUSTER_BIN:$PATH"
 
-# Every process this run starts inherits this mark; e2e/listeners.sh uses it
-# to check that none of them listens beyond loopback.
-RUNPLANE_E2E_RUN="test-$$-$(date +%s)"
-export RUNPLANE_E2E_RUN
-bash e2e/tools/iproute2.sh
-LISTENERS_LOG=$(mktemp)
-watcher=""
-
-started_cluster=false
-if ! kubectl --kubeconfig e2e/.cluster/kubeconfig get --raw /readyz >/dev/null 2>&1; then
-    started_cluster=true
-fi
-cleanup() {
-    if [ -n "$watcher" ]; then
-        kill "$watcher" 2>/dev/null || true
-        wait "$watcher" 2>/dev/null || true
-    fi
-    rm -f "$LISTENERS_LOG"
-    if $started_cluster; then
-        log "stopping the control plane"
-        bash e2e/cluster/down.sh || true
-    fi
-}
-trap cleanup EXIT
-
-log "starting the local control plane"
-# A control plane that fails to come up (seen once: etcd stopping right after
-# its first health check) is started again once, from clean state.
-if ! bash e2e/cluster/up.sh >/dev/null; then
-    log "the control plane did not start; retrying once from clean state"
-    bash e2e/cluster/down.sh --purge >/dev/null 2>&1 || true
-    bash e2e/cluster/up.sh >/dev/null
-fi
-export RUNPLANE_E2E_KUBECONFIG="$ROOT/e2e/.cluster/kubeconfig"
-kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
-kubectl --kubeconfig "$RUNPLANE_E2E_KUBECONFIG" wait --for=condition=Established crd --all --timeout=60s >/dev/null
-
-# Servers the tests start live for seconds only: look at the listening
-# sockets throughout, not only at the end.
-bash e2e/listeners.sh watch "$LISTENERS_LOG" &
-watcher=$!
-
-log "end-to-end tests: the controller"
-cargo test --test e2e
-log "end-to-end tests: webhooks"
-cargo test --test webhooks
-log "end-to-end tests: the HTTP gateway"
-cargo test --test api
-
+# Prometheus and promtool for the chart's checks (Debian's package).
+bash e2e/tools/prometheus.sh
 # schemathesis (PyPI) in a virtualenv of its own, installed on first use.
 ST_VENV="${RUNPLANE_CACHE:-$HOME/.cache/runplane}/venv-schemathesis-4.32.5"
 if [ ! -x "$ST_VENV/bin/schemathesis" ]; then
@@ -87,15 +143,48 @@ if [ ! -x "$ST_VENV/bin/schemathesis" ]; then
     python3 -m venv "$ST_VENV"
     "$ST_VENV/bin/pip" install --quiet "schemathesis==4.32.5"
 fi
-log "schemathesis against the gateway's /openapi.json"
-SCHEMATHESIS="$ST_VENV/bin/schemathesis" RUNPLANE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/runplane" bash e2e/schemathesis.sh
 
-log "the Helm chart, deploy/, its RBAC and Prometheus (e2e/install.sh)"
-bash e2e/install.sh
+lane_controller() {
+    log "end-to-end tests: the controller"
+    cargo test --test e2e
+    log "end-to-end tests: webhooks"
+    cargo test --test webhooks
+    log "the Helm chart, deploy/, its RBAC and Prometheus (e2e/install.sh)"
+    bash e2e/install.sh
+}
+lane_gateway() {
+    log "end-to-end tests: the HTTP gateway"
+    cargo test --test api
+    log "schemathesis against the gateway's /openapi.json"
+    # 75 s of fuzzing (schemathesis.sh alone runs 120): the run's busiest
+    # part for the CPU, beside the other lane.
+    RUNPLANE_ST_MAX_TIME=${RUNPLANE_ST_MAX_TIME:-75} SCHEMATHESIS="$ST_VENV/bin/schemathesis" RUNPLANE_BIN="$CARGO_TARGET_DIR/debug/runplane" bash e2e/schemathesis.sh
+}
+run_lane() { # name, state directory, function
+    local name=$1 state=$2 lane=$3 start=$SECONDS
+    set -o pipefail
+    { RUNPLANE_E2E_KUBECONFIG="$state/kubeconfig" "$lane"; } 2>&1 | sed -u "s/^/[$name] /"
+    log "[$name] passed in $((SECONDS - start)) s"
+}
+
+log "end-to-end suites, two lanes at once: [controller] on e2e/.cluster, [gateway] on e2e/.cluster-2"
+run_lane controller "$CLUSTER_1" lane_controller &
+lanes=($!)
+run_lane gateway "$CLUSTER_2" lane_gateway &
+lanes+=($!)
+background=("${lanes[@]}")
+failed=()
+wait "${lanes[0]}" || failed+=(controller)
+wait "${lanes[1]}" || failed+=(gateway)
+background=()
+if [[ ${#failed[@]} -gt 0 ]]; then
+    log "failed: ${failed[*]} (see the lines marked so above)"
+    exit 1
+fi
 
 log "nothing this run started listens beyond loopback"
-bash e2e/listeners.sh check
+RUNPLANE_E2E_STATE="$CLUSTER_1:$CLUSTER_2" bash e2e/listeners.sh check
 kill "$watcher" 2>/dev/null || true
 wait "$watcher" 2>/dev/null || true
 watcher=""
-bash e2e/listeners.sh report "$LISTENERS_LOG"
+bash e2e/listeners.sh report "$WORK/listeners"
