@@ -35,6 +35,7 @@ use crate::domain::admission::{AccountUsage, Candidate, ClusterUsage, Decision, 
 use crate::domain::input::InputSchema;
 use crate::domain::lifecycle::set_condition;
 use crate::domain::pod::{desired_pod, frozen_price, pod_gpus, pod_name};
+use crate::resources::MAX_RETRIES;
 use crate::resources::{GpuAccount, GpuTask, GpuTaskStatus, TaskPhase, WaitReason, codes, conditions, labels};
 
 /// How long a created pod counts as in use before the cache must have shown it.
@@ -204,6 +205,18 @@ impl Admitter {
                 let pod = caches.pod(&key.namespace, &key.name);
                 self.pod_changed(key, pod.as_ref(), &mut dirty_tasks);
                 changed.extend(pod);
+            }
+            // A pod that was already being deleted does not change when its
+            // task goes, yet it may still hold runplane's finalizer (its task
+            // went between the pod's last change and its release): look at
+            // the pods of deleted tasks now, not at the next full pass.
+            for key in dirty_tasks.iter().filter(|k| caches.task(&k.namespace, &k.name).is_none()) {
+                for attempt in 0..=MAX_RETRIES {
+                    let name = pod_name(&key.name, attempt);
+                    if !dirty_pods.contains(&TaskKey::new(key.namespace.clone(), name.clone())) {
+                        changed.extend(caches.pod(&key.namespace, &name));
+                    }
+                }
             }
             changed
         };

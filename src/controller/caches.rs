@@ -222,6 +222,10 @@ impl Caches {
         self.templates.get(&ObjectRef::new(name).within(namespace))
     }
 
+    pub fn task(&self, namespace: &str, name: &str) -> Option<Arc<GpuTask>> {
+        self.tasks.get(&ObjectRef::new(name).within(namespace))
+    }
+
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods.get(&ObjectRef::new(name).within(namespace))
     }

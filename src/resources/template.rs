@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Timeout of a task whose template and task name none.
 pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
+/// Most retries a template may allow (`maxRetries`), so a task has at most
+/// `MAX_RETRIES + 1` pods.
+pub const MAX_RETRIES: i32 = 10;
 
 /// A saved compute template: what a GpuTask runs, on how many GPUs, for how
 /// long and at what price. Tasks refer to it by name in the same namespace.
@@ -97,7 +100,7 @@ pub struct GpuTemplateSpec {
     pub timeout_seconds: i64,
     /// How often a task is retried after a failure that is not its own (node lost, evicted, pod deleted).
     #[serde(default)]
-    #[schemars(range(min = 0, max = 10))]
+    #[schemars(range(min = 0, max = MAX_RETRIES))]
     pub max_retries: i32,
     /// Credits charged per task.
     #[serde(default, skip_serializing_if = "Price::is_free")]
