@@ -5,10 +5,11 @@
 #
 # Each end-to-end suite starts controllers that act on the whole cluster, so
 # two suites must never share a control plane at the same time. To run them
-# two at a time there are two control planes, started (and on first use
-# built) while the Rust code builds, and two lanes of suites:
-#   e2e/.cluster    (the default ports)  the controller suite, webhooks, the chart
-#   e2e/.cluster-2  (ports +100)         the gateway suite, schemathesis
+# at once there are three control planes, started (and on first use built)
+# while the Rust code builds, and three lanes of suites:
+#   [controller]  e2e/.cluster    (up.sh's ports)  the controller suite, webhooks, the chart
+#   [gateway]     e2e/.cluster-2  (ports +100)     the gateway suite
+#   [fuzz]        e2e/.cluster-3  (ports +200)     schemathesis
 # Each lane's output is printed with its name in front.
 set -euo pipefail
 
@@ -25,18 +26,19 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${RUNPLANE_CACHE:-$HOME/.cache/runpl
 RUNPLANE_E2E_RUN="test-$$-$(date +%s)"
 export RUNPLANE_E2E_RUN
 
-CLUSTER_1="$ROOT/e2e/.cluster"
-CLUSTER_2="$ROOT/e2e/.cluster-2"
-in_cluster() { # state directory, command...: runs it with up.sh's settings for that cluster
-    local state=$1
+LANES=(controller gateway fuzz)
+STATES=("$ROOT/e2e/.cluster" "$ROOT/e2e/.cluster-2" "$ROOT/e2e/.cluster-3")
+in_cluster() { # lane number (0, 1, ...), command...: runs it with up.sh's settings for that lane's cluster
+    local n=$1
     shift
     (
-        export RUNPLANE_E2E_STATE=$state
-        if [[ $state == "$CLUSTER_2" ]]; then
-            # The second control plane's ports: the defaults of up.sh + 100.
-            export RUNPLANE_E2E_APISERVER_PORT=16543 RUNPLANE_E2E_ETCD_PORT=12479 \
-                RUNPLANE_E2E_ETCD_PEER_PORT=12480 RUNPLANE_E2E_CONTROLLER_MANAGER_PORT=17357 \
-                RUNPLANE_E2E_SCHEDULER_PORT=17359 RUNPLANE_E2E_KWOK_PORT=17347
+        export RUNPLANE_E2E_STATE=${STATES[$n]}
+        if [[ $n -gt 0 ]]; then
+            # up.sh's default ports + 100 per lane.
+            local step=$((100 * n))
+            export RUNPLANE_E2E_APISERVER_PORT=$((16443 + step)) RUNPLANE_E2E_ETCD_PORT=$((12379 + step)) \
+                RUNPLANE_E2E_ETCD_PEER_PORT=$((12380 + step)) RUNPLANE_E2E_CONTROLLER_MANAGER_PORT=$((17257 + step)) \
+                RUNPLANE_E2E_SCHEDULER_PORT=$((17259 + step)) RUNPLANE_E2E_KWOK_PORT=$((17247 + step))
         fi
         "$@"
     )
@@ -50,8 +52,8 @@ running() { # state directory: its API server is up (a cluster from before this 
 bash e2e/demo.sh stop
 
 stop_clusters=()
-for state in "$CLUSTER_1" "$CLUSTER_2"; do
-    running "$state" || stop_clusters+=("$state")
+for n in "${!STATES[@]}"; do
+    running "${STATES[$n]}" || stop_clusters+=("$n")
 done
 WORK=$(mktemp -d)
 watcher=""
@@ -67,9 +69,9 @@ cleanup() {
         kill "$watcher" 2>/dev/null || true
         wait "$watcher" 2>/dev/null || true
     fi
-    for state in "${stop_clusters[@]}"; do
-        log "stopping the control plane in ${state#"$ROOT"/}"
-        in_cluster "$state" bash e2e/cluster/down.sh || true
+    for n in "${stop_clusters[@]}"; do
+        log "stopping the control plane in ${STATES[$n]#"$ROOT"/}"
+        in_cluster "$n" bash e2e/cluster/down.sh || true
     done
     rm -rf "$WORK"
 }
@@ -81,17 +83,18 @@ set -m
 # Servers the tests start live for seconds only: look at the listening
 # sockets throughout, not only at the end.
 bash e2e/tools/iproute2.sh
-RUNPLANE_E2E_STATE="$CLUSTER_1:$CLUSTER_2" bash e2e/listeners.sh watch "$WORK/listeners" &
+ALL_STATES=$(IFS=:; echo "${STATES[*]}")
+RUNPLANE_E2E_STATE=$ALL_STATES bash e2e/listeners.sh watch "$WORK/listeners" &
 watcher=$!
 
-start_cluster() { # state directory
-    local state=$1
+start_cluster() { # lane number
+    local n=$1 state=${STATES[$1]}
     # A control plane that fails to come up (seen once: etcd stopping right
     # after its first health check) is started again once, from clean state.
-    if ! in_cluster "$state" bash e2e/cluster/up.sh >/dev/null; then
+    if ! in_cluster "$n" bash e2e/cluster/up.sh >/dev/null; then
         log "the control plane in ${state#"$ROOT"/} did not start; retrying once from clean state"
-        in_cluster "$state" bash e2e/cluster/down.sh --purge >/dev/null 2>&1 || true
-        in_cluster "$state" bash e2e/cluster/up.sh >/dev/null || return 1
+        in_cluster "$n" bash e2e/cluster/down.sh --purge >/dev/null 2>&1 || true
+        in_cluster "$n" bash e2e/cluster/up.sh >/dev/null || return 1
     fi
     "$KUBECTL" --kubeconfig "$state/kubeconfig" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null &&
         "$KUBECTL" --kubeconfig "$state/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >/dev/null
@@ -103,12 +106,17 @@ prepare() {
     KUBECTL="$(bash e2e/cluster/build.sh | tail -n1)/kubectl"
     export KUBECTL
     bash e2e/tools/build.sh >/dev/null
-    start_cluster "$CLUSTER_1" &
-    local first=$!
-    start_cluster "$CLUSTER_2" || { wait "$first" || true; return 1; }
-    wait "$first"
+    local n pids=() status=0
+    for n in "${!STATES[@]}"; do
+        start_cluster "$n" &
+        pids+=($!)
+    done
+    for n in "${pids[@]}"; do
+        wait "$n" || status=1
+    done
+    return $status
 }
-log "in the background: the control plane's binaries, kubectl and helm (built on first use; see e2e/cluster/README.md), then two control planes"
+log "in the background: the control plane's binaries, kubectl and helm (built on first use; see e2e/cluster/README.md), then a control plane per lane"
 prepare >"$WORK/prepare.log" 2>&1 &
 preparing=$!
 background+=("$preparing")
@@ -155,10 +163,10 @@ lane_controller() {
 lane_gateway() {
     log "end-to-end tests: the HTTP gateway"
     cargo test --test api
+}
+lane_fuzz() {
     log "schemathesis against the gateway's /openapi.json"
-    # 75 s of fuzzing (schemathesis.sh alone runs 120): the run's busiest
-    # part for the CPU, beside the other lane.
-    RUNPLANE_ST_MAX_TIME=${RUNPLANE_ST_MAX_TIME:-75} SCHEMATHESIS="$ST_VENV/bin/schemathesis" RUNPLANE_BIN="$CARGO_TARGET_DIR/debug/runplane" bash e2e/schemathesis.sh
+    SCHEMATHESIS="$ST_VENV/bin/schemathesis" RUNPLANE_BIN="$CARGO_TARGET_DIR/debug/runplane" bash e2e/schemathesis.sh
 }
 run_lane() { # name, state directory, function
     local name=$1 state=$2 lane=$3 start=$SECONDS
@@ -167,15 +175,17 @@ run_lane() { # name, state directory, function
     log "[$name] passed in $((SECONDS - start)) s"
 }
 
-log "end-to-end suites, two lanes at once: [controller] on e2e/.cluster, [gateway] on e2e/.cluster-2"
-run_lane controller "$CLUSTER_1" lane_controller &
-lanes=($!)
-run_lane gateway "$CLUSTER_2" lane_gateway &
-lanes+=($!)
+log "end-to-end suites, ${#LANES[@]} lanes at once: ${LANES[*]}"
+lanes=()
+for n in "${!LANES[@]}"; do
+    run_lane "${LANES[$n]}" "${STATES[$n]}" "lane_${LANES[$n]}" &
+    lanes+=($!)
+done
 background=("${lanes[@]}")
 failed=()
-wait "${lanes[0]}" || failed+=(controller)
-wait "${lanes[1]}" || failed+=(gateway)
+for n in "${!LANES[@]}"; do
+    wait "${lanes[$n]}" || failed+=("${LANES[$n]}")
+done
 background=()
 if [[ ${#failed[@]} -gt 0 ]]; then
     log "failed: ${failed[*]} (see the lines marked so above)"
@@ -183,7 +193,7 @@ if [[ ${#failed[@]} -gt 0 ]]; then
 fi
 
 log "nothing this run started listens beyond loopback"
-RUNPLANE_E2E_STATE="$CLUSTER_1:$CLUSTER_2" bash e2e/listeners.sh check
+RUNPLANE_E2E_STATE=$ALL_STATES bash e2e/listeners.sh check
 kill "$watcher" 2>/dev/null || true
 wait "$watcher" 2>/dev/null || true
 watcher=""
