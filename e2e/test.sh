@@ -7,8 +7,8 @@
 # two suites must never share a control plane at the same time. To run them
 # at once there are three control planes, started (and on first use built)
 # while the Rust code builds, and three lanes of suites:
-#   [controller]  e2e/.cluster    (up.sh's ports)  the controller suite, webhooks, the chart
-#   [gateway]     e2e/.cluster-2  (ports +100)     the gateway suite
+#   [controller]  e2e/.cluster    (up.sh's ports)  the controller suite, webhooks
+#   [gateway]     e2e/.cluster-2  (ports +100)     the gateway suite, the chart
 #   [fuzz]        e2e/.cluster-3  (ports +200)     schemathesis
 # Each lane's output is printed with its name in front.
 set -euo pipefail
@@ -157,12 +157,12 @@ lane_controller() {
     cargo test --test e2e
     log "end-to-end tests: webhooks"
     cargo test --test webhooks
-    log "the Helm chart, deploy/, its RBAC and Prometheus (e2e/install.sh)"
-    bash e2e/install.sh
 }
 lane_gateway() {
     log "end-to-end tests: the HTTP gateway"
     cargo test --test api
+    log "the Helm chart, deploy/, its RBAC and Prometheus (e2e/install.sh)"
+    bash e2e/install.sh
 }
 lane_fuzz() {
     log "schemathesis against the gateway's /openapi.json"
