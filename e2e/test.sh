@@ -5,8 +5,8 @@
 #
 # Each end-to-end suite starts controllers that act on the whole cluster, so
 # two suites must never share a control plane at the same time. To run them
-# at once there are three control planes, started (and on first use built)
-# while the Rust code builds, and three lanes of suites:
+# at once there are three control planes, started while the Rust code
+# builds, and three lanes of suites:
 #   [controller]  e2e/.cluster    (up.sh's ports)  the controller suite, webhooks
 #   [gateway]     e2e/.cluster-2  (ports +100)     the gateway suite, the chart
 #   [fuzz]        e2e/.cluster-3  (ports +200)     schemathesis
@@ -76,6 +76,9 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+# Interrupted (^C, or CI's TERM): exit, so that cleanup runs.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 # Background jobs get process groups of their own, so that cleanup can stop
 # a job together with everything it started.
 set -m
@@ -99,13 +102,7 @@ start_cluster() { # lane number
     "$KUBECTL" --kubeconfig "$state/kubeconfig" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null &&
         "$KUBECTL" --kubeconfig "$state/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 }
-prepare() {
-    # The control plane's binaries and the kubectl of the same release (the
-    # machine's kubectl may be outside the supported version skew), and helm
-    # for the chart's checks: Go builds, from the module cache once.
-    KUBECTL="$(bash e2e/cluster/build.sh | tail -n1)/kubectl"
-    export KUBECTL
-    bash e2e/tools/build.sh >/dev/null
+start_clusters() {
     local n pids=() status=0
     for n in "${!STATES[@]}"; do
         start_cluster "$n" &
@@ -116,10 +113,21 @@ prepare() {
     done
     return $status
 }
-log "in the background: the control plane's binaries, kubectl and helm (built on first use; see e2e/cluster/README.md), then a control plane per lane"
-prepare >"$WORK/prepare.log" 2>&1 &
-preparing=$!
-background+=("$preparing")
+
+# The control plane's binaries and the kubectl of the same release (the
+# machine's kubectl may be outside the supported version skew), and helm for
+# the chart's checks: Go builds, on first use only (about 13 min on 2 cores).
+# They run before the Rust build: beside it, the two took over 30 min.
+log "the control plane's binaries, kubectl and helm (built on first use; see e2e/cluster/README.md)"
+CLUSTER_BIN=$(bash e2e/cluster/build.sh | tail -n1)
+export KUBECTL="$CLUSTER_BIN/kubectl"
+export PATH="$CLUSTER_BIN:$PATH"
+bash e2e/tools/build.sh >/dev/null
+
+log "starting a control plane per lane, in the background"
+start_clusters >"$WORK/clusters.log" 2>&1 &
+starting=$!
+background+=("$starting")
 
 log "checking formatting and lints"
 cargo fmt --check
@@ -132,15 +140,12 @@ log "building the end-to-end suites"
 cargo test --quiet --no-run --test e2e --test webhooks --test api --test install
 
 log "waiting for the control planes"
-if ! wait "$preparing"; then
-    cat "$WORK/prepare.log" >&2
-    log "building or starting the control planes failed (its output is above)"
+if ! wait "$starting"; then
+    cat "$WORK/clusters.log" >&2
+    log "the control planes did not start (their output is above)"
     exit 1
 fi
 background=()
-CLUSTER_BIN=$(bash e2e/cluster/build.sh | tail -n1)
-export KUBECTL="$CLUSTER_BIN/kubectl"
-export PATH="$CLUSTER_BIN:$PATH"
 
 # Prometheus and promtool for the chart's checks (Debian's package).
 bash e2e/tools/prometheus.sh
