@@ -116,8 +116,8 @@ start_clusters() {
 
 # The control plane's binaries and the kubectl of the same release (the
 # machine's kubectl may be outside the supported version skew), and helm for
-# the chart's checks: Go builds, on first use only (about 13 min on 2 cores).
-# They run before the Rust build: beside it, the two took over 30 min.
+# the chart's checks: Go builds, on first use only (11-15 min on 2 cores).
+# They run before the Rust build; beside it they saved nothing.
 log "the control plane's binaries, kubectl and helm (built on first use; see e2e/cluster/README.md)"
 CLUSTER_BIN=$(bash e2e/cluster/build.sh | tail -n1)
 export KUBECTL="$CLUSTER_BIN/kubectl"
