@@ -35,8 +35,9 @@ use crate::domain::admission::{AccountUsage, Candidate, ClusterUsage, Decision, 
 use crate::domain::input::InputSchema;
 use crate::domain::lifecycle::set_condition;
 use crate::domain::pod::{desired_pod, frozen_price, pod_gpus, pod_name};
-use crate::resources::MAX_RETRIES;
-use crate::resources::{GpuAccount, GpuTask, GpuTaskStatus, TaskPhase, WaitReason, codes, conditions, labels};
+use crate::resources::{
+    GpuAccount, GpuTask, GpuTaskStatus, MAX_RETRIES, TaskPhase, WaitReason, codes, conditions, labels,
+};
 
 /// How long a created pod counts as in use before the cache must have shown it.
 const INFLIGHT_TTL: Duration = Duration::from_secs(120);
@@ -300,8 +301,7 @@ impl Admitter {
         self.retrying.remove(key);
         let ctx = self.ctx.clone();
         let caches = &ctx.caches;
-        let Some(task) = caches.tasks.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace))
-        else {
+        let Some(task) = caches.task(&key.namespace, &key.name) else {
             return;
         };
         if task.is_terminal() || task.metadata.deletion_timestamp.is_some() || task.spec.cancel {
@@ -365,9 +365,7 @@ impl Admitter {
     /// UIDs of the tasks among `keys`, whose input checks are worth keeping.
     fn valid_input_keep(&self, keys: &HashSet<TaskKey>) -> HashSet<String> {
         keys.iter()
-            .filter_map(|k| {
-                self.ctx.caches.tasks.get(&kube::runtime::reflector::ObjectRef::new(&k.name).within(&k.namespace))
-            })
+            .filter_map(|k| self.ctx.caches.task(&k.namespace, &k.name))
             .filter_map(|t| t.metadata.uid.clone())
             .collect()
     }

@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -206,7 +205,7 @@ pub async fn reap_orphans(ctx: &Context, pods: impl IntoIterator<Item = Arc<Pod>
             continue;
         };
         let namespace = pod.namespace().unwrap_or_default();
-        let live = ctx.caches.tasks.get(&ObjectRef::new(&owner.name).within(&namespace));
+        let live = ctx.caches.task(&namespace, &owner.name);
         if let Some(task) = live.filter(|t| t.metadata.uid.as_deref() == Some(owner.uid.as_str())) {
             // A pod of an earlier attempt that a retry could not let go.
             let current = ctx.caches.current_pod(&task).is_some_and(|c| c.name_any() == pod.name_any());
