@@ -11,7 +11,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE="$ROOT/e2e/.cluster"
 DEMO="$STATE/demo"
 KUBECONFIG_PATH="$STATE/kubeconfig"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/runplane"
+# The Rust build dir that `make test` uses too, outside the checkout.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${RUNPLANE_CACHE:-$HOME/.cache/runplane}/target}
+BIN="$CARGO_TARGET_DIR/debug/runplane"
 METRICS_ADDR=${RUNPLANE_DEMO_METRICS_ADDR:-127.0.0.1:18080}
 API_ADDR=${RUNPLANE_DEMO_API_ADDR:-127.0.0.1:18000}
 # API keys live apart from every tenant's namespace: whoever may create
