@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -234,6 +235,12 @@ struct ControllerArgs {
     /// Record an event on the task at every phase transition (started, completed, queued); false records only what needs a look (failures, retries, cancels, slow starts, rejected input), which saves two API writes per task.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     transition_events: bool,
+    /// Routine events (queued, started, completed) recorded per second at most, beyond a burst; those over it are left out and counted in runplane_events_dropped_total (the task's status says the same). 0 records every one. Failures, retries, cancels and slow starts are always recorded.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_event_rate)]
+    transition_event_rate: f64,
+    /// Routine events that may be recorded at once after a quiet spell.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    transition_event_burst: u32,
     /// Delete finished tasks this long after they end; 0 keeps them.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     finished_ttl: SignedDuration,
@@ -295,6 +302,13 @@ fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     Ok(d)
 }
 
+fn parse_event_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!("{s:?} is not a rate of events per second (0 or more, like 10 or 0.5)")),
+    }
+}
+
 fn parse_quota(values: &[String], default_resource: &str) -> anyhow::Result<Option<BTreeMap<String, i64>>> {
     if values.is_empty() {
         return Ok(None);
@@ -353,6 +367,11 @@ async fn main() -> anyhow::Result<()> {
                     lease_duration_secs: args.lease_duration,
                 }),
                 reconcile_concurrency: args.reconcile_concurrency,
+                event_budget: controller::EventBudget {
+                    per_second: (args.transition_event_rate > 0.0).then_some(args.transition_event_rate),
+                    burst: NonZeroU32::new(args.transition_event_burst)
+                        .context("--transition-event-burst is at least 1")?,
+                },
                 namespace: args.lease_namespace.clone(),
                 webhooks: runplane::domain::webhook::WebhookConfig {
                     backoff: args.webhook_backoff,

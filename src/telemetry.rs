@@ -46,6 +46,7 @@ pub struct ControllerMetrics {
     pub webhook_deliveries: IntCounterVec,
     pub webhook_delivery_seconds: Histogram,
     pub webhooks_pending: IntGauge,
+    pub events_dropped: IntCounter,
 }
 
 const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
@@ -108,6 +109,11 @@ impl ControllerMetrics {
         .unwrap();
         let webhooks_pending =
             IntGauge::new("runplane_webhooks_pending", "Finished tasks whose webhook is not settled").unwrap();
+        let events_dropped = IntCounter::new(
+            "runplane_events_dropped_total",
+            "Routine events (queued, started, completed) left out because they exceeded the event budget",
+        )
+        .unwrap();
         for collector in [
             Box::new(tasks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(queue_wait.clone()),
@@ -125,6 +131,7 @@ impl ControllerMetrics {
             Box::new(webhook_deliveries.clone()),
             Box::new(webhook_delivery_seconds.clone()),
             Box::new(webhooks_pending.clone()),
+            Box::new(events_dropped.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -154,6 +161,7 @@ impl ControllerMetrics {
             webhook_deliveries,
             webhook_delivery_seconds,
             webhooks_pending,
+            events_dropped,
         }
     }
 }

@@ -350,6 +350,45 @@ async fn timeout_fails_with_50003() {
 }
 
 #[tokio::test]
+async fn routine_events_stay_within_their_budget_and_failures_always_get_one() {
+    let _cluster = serial();
+    sweep().await;
+    // A budget of two routine events, refilled one every 100 s: the first
+    // tasks' transitions use it up, the rest are left out and counted.
+    let controller = Controller::start(&["--transition-event-rate=0.01", "--transition-event-burst=2"]).await;
+    let tenant = Tenant::new("budget", "pro", 1000).await;
+    tenant.template("quick", "1s", json!({})).await;
+    tenant.template("crash", "1s", json!({"podMetadata": {"annotations": {"e2e.runplane.dev/exit-code": "3"}}})).await;
+    let names: Vec<String> = (0..6).map(|i| format!("quick-{i}")).collect();
+    for name in &names {
+        tenant.task(name, "quick", json!({})).await;
+    }
+    for name in &names {
+        tenant.wait_phase(name, TaskPhase::Completed, MINUTE).await;
+    }
+    // Then a failure: its event is recorded although the budget is spent.
+    tenant.task("crash", "crash", json!({})).await;
+    tenant.wait_phase("crash", TaskPhase::Failed, MINUTE).await;
+    wait_for("the failure's event", MINUTE, || {
+        let name = tenant.name.clone();
+        async move { Some(task_events(&name, "crash").await).filter(|e| e.iter().any(|(r, _)| r == "Failed")) }
+    })
+    .await;
+    let mut routine = Vec::new();
+    for name in &names {
+        let events = task_events(&tenant.name, name).await;
+        routine.extend(events.into_iter().filter(|(r, _)| ["Queued", "Started", "Completed"].contains(&r.as_str())));
+    }
+    // Six tasks have at least twelve routine transitions (started,
+    // completed; queued if one had to wait): two were recorded, the rest
+    // left out and counted.
+    let dropped = metric_line(&controller.metrics().await, "runplane_events_dropped_total").unwrap_or(0.0);
+    assert_eq!(routine.len(), 2, "the budget's two routine events: {routine:?}");
+    assert!(dropped >= 10.0, "{dropped} routine events counted as left out");
+    tenant.cleanup().await;
+}
+
+#[tokio::test]
 async fn failures_map_to_error_codes() {
     let _cluster = serial();
     sweep().await;

@@ -678,7 +678,9 @@ async fn write_queued(
                 let written = match write_status(&api, &task, &next).await {
                     Ok(_) => {
                         // A rejection is always an event; the first reason
-                        // a task waits is one when transitions are recorded.
+                        // a task waits is a routine one, when transitions
+                        // are recorded and the event budget allows.
+                        let routine = matches!(blocked, Blocked::Waiting(..));
                         let event = match &blocked {
                             Blocked::Invalid(_, message) => Some(Event {
                                 type_: EventType::Warning,
@@ -702,7 +704,7 @@ async fn write_queued(
                             Blocked::Waiting(..) => None,
                         };
                         if let Some(event) = event {
-                            let _ = ctx.recorder.publish(&event, &task.object_ref(&())).await;
+                            ctx.events.publish(&event, &task.object_ref(&()), routine).await;
                         }
                         next.wait_reason.map(|r| (task.resource_version(), r))
                     }

@@ -13,6 +13,7 @@ mod accounts;
 mod admitter;
 mod caches;
 pub mod error;
+mod events;
 mod server;
 mod tasks;
 mod templates;
@@ -31,6 +32,7 @@ use tokio::sync::Notify;
 
 pub use accounts::{AccountWriter, Counts};
 pub use caches::Caches;
+pub use events::EventBudget;
 
 use crate::domain::lifecycle::LifecycleConfig;
 use crate::domain::pod::PodConfig;
@@ -49,6 +51,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub leader_election: Option<LeaderElection>,
     pub reconcile_concurrency: u16,
+    /// How many routine events (queued, started, completed) may be recorded.
+    pub event_budget: EventBudget,
     /// The controller's own namespace (default home of webhook signing Secrets).
     pub namespace: String,
     pub webhooks: crate::domain::webhook::WebhookConfig,
@@ -77,7 +81,7 @@ pub struct Context {
     pub client: Client,
     pub caches: Caches,
     pub config: Config,
-    pub recorder: Recorder,
+    pub events: events::Events,
     pub metrics: Arc<ControllerMetrics>,
     pub accounts: AccountWriter,
     /// Pods this process released, by UID, with the resourceVersion the
@@ -131,7 +135,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         client,
         caches: caches.clone(),
         config: config.clone(),
-        recorder,
+        events: events::Events::new(recorder, config.event_budget, metrics.events_dropped.clone()),
         metrics,
         accounts,
         released: Default::default(),

@@ -82,6 +82,7 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
     }
 
     if let Some(event) = plan.event {
+        let routine = event.routine;
         let event = Event {
             type_: if event.warning { EventType::Warning } else { EventType::Normal },
             reason: event.reason.into(),
@@ -89,9 +90,7 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &task.object_ref(&())).await {
-            tracing::debug!(%error, "recording an event failed");
-        }
+        ctx.events.publish(&event, &task.object_ref(&()), routine).await;
     }
 
     if let Some(pod) = pod {

@@ -471,7 +471,7 @@ async fn write(ctx: &Context, record: &Record) -> bool {
             action: "Webhook".into(),
             secondary: None,
         };
-        let _ = ctx.recorder.publish(&event, &task.object_ref(&())).await;
+        ctx.events.publish(&event, &task.object_ref(&()), false).await;
     }
     let status = &record.status;
     tracing::info!(

@@ -72,6 +72,10 @@ pub struct TaskEvent {
     pub reason: &'static str,
     pub note: String,
     pub warning: bool,
+    /// A routine transition (started, completed): recorded within the
+    /// controller's event budget, left out beyond it. Everything else
+    /// (failures, retries, cancels, slow starts) is always recorded.
+    pub routine: bool,
 }
 
 /// What to do for a task, in order.
@@ -223,6 +227,7 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
                     reason: "Started",
                     note: format!("pod {} is running on {node}", pod.metadata.name.as_deref().unwrap_or_default()),
                     warning: false,
+                    routine: true,
                 });
             }
             next.phase = Some(TaskPhase::Running);
@@ -266,6 +271,7 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
                     reason: "Admitted",
                     note: format!("created pod {}", pod.metadata.name.as_deref().unwrap_or_default()),
                     warning: false,
+                    routine: false,
                 });
             }
             out.requeue_after = Some(deadline.duration_since(view.now).max(SignedDuration::from_secs(1)));
@@ -290,7 +296,12 @@ fn plan_without_pod(view: TaskView<'_>, current: &GpuTaskStatus) -> Plan {
         next.credits_used = Some(0);
         next.message = Some("canceled before it started".into());
         set_condition(&mut next, conditions::FINISHED, true, "Canceled", "canceled before it started", view.now);
-        out.event = Some(TaskEvent { reason: "Canceled", note: "canceled before it started".into(), warning: false });
+        out.event = Some(TaskEvent {
+            reason: "Canceled",
+            note: "canceled before it started".into(),
+            warning: false,
+            routine: false,
+        });
         out.status = changed(current, next);
         return out;
     }
@@ -386,7 +397,8 @@ fn finish(
             Some(seconds) if how.reason == "Completed" => format!("{} in {seconds} s, {credits} credits", how.message),
             _ => how.message,
         };
-        out.event = Some(TaskEvent { reason: how.reason, note, warning: how.warning });
+        out.event =
+            Some(TaskEvent { reason: how.reason, note, warning: how.warning, routine: how.reason == "Completed" });
     }
     out.delete_pod = pod.metadata.deletion_timestamp.is_none() && !pod_is_terminal(pod);
     out.release_pod = has_finalizer(pod);
@@ -444,6 +456,7 @@ fn retry_or_fail(
             reason: "Retrying",
             note: format!("attempt {attempts} of {} failed: {why}", max_retries + 1),
             warning: true,
+            routine: false,
         });
         if let Some((pod, _)) = pod {
             out.delete_pod = pod.metadata.deletion_timestamp.is_none();
@@ -466,7 +479,7 @@ fn retry_or_fail(
             next.error_message = Some(message.clone());
             next.message = Some(message.clone());
             set_condition(&mut next, conditions::FINISHED, true, "Failed", &message, ended);
-            out.event = Some(TaskEvent { reason: "Failed", note: message, warning: true });
+            out.event = Some(TaskEvent { reason: "Failed", note: message, warning: true, routine: false });
             out.status = changed(current, next);
             out
         }

@@ -1,0 +1,107 @@
+//! The controller's events, within a budget.
+//!
+//! Events are best effort in Kubernetes, and each is an API write. A task's
+//! routine transitions (queued, started, completed) are worth an event when
+//! someone runs `kubectl describe` on a few tasks, but at thousands of tasks
+//! they would spend a large share of the apiserver's write capacity on
+//! records that nobody reads, ahead of the pods and statuses that do the
+//! work. So routine events pass a token bucket (like the kubelet's
+//! `--event-qps` and `--event-burst`), and those beyond it are left out and
+//! counted; the phase, reason and times on the task's status say the same.
+//! Events that need a look (failures, retries, cancels, slow starts,
+//! rejected input, webhook trouble) are always recorded.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, Recorder};
+use prometheus::IntCounter;
+
+/// How many routine events the controller may record.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EventBudget {
+    /// Sustained rate per second (above 0); None records every one.
+    pub per_second: Option<f64>,
+    /// How many may be recorded at once after a quiet spell.
+    pub burst: NonZeroU32,
+}
+
+impl Default for EventBudget {
+    fn default() -> Self {
+        Self { per_second: Some(10.0), burst: NonZeroU32::new(50).expect("non-zero") }
+    }
+}
+
+/// Decides which routine events fit the budget.
+pub struct Budget {
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl Budget {
+    pub fn new(budget: EventBudget) -> Self {
+        let limiter = budget.per_second.filter(|rate| *rate > 0.0).and_then(|rate| {
+            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))?.allow_burst(budget.burst);
+            Some(RateLimiter::direct(quota))
+        });
+        Self { limiter }
+    }
+
+    /// Whether one more routine event fits now (and takes its place if so).
+    pub fn admit(&self) -> bool {
+        self.limiter.as_ref().is_none_or(|l| l.check().is_ok())
+    }
+}
+
+/// Records the controller's events on its objects.
+pub struct Events {
+    recorder: Recorder,
+    budget: Budget,
+    dropped: IntCounter,
+}
+
+impl Events {
+    pub fn new(recorder: Recorder, budget: EventBudget, dropped: IntCounter) -> Self {
+        Self { recorder, budget: Budget::new(budget), dropped }
+    }
+
+    /// Records an event; a routine one only if it fits the budget.
+    pub async fn publish(&self, event: &Event, reference: &ObjectReference, routine: bool) {
+        if routine && !self.budget.admit() {
+            self.dropped.inc();
+            return;
+        }
+        if let Err(error) = self.recorder.publish(event, reference).await {
+            tracing::debug!(%error, reason = %event.reason, "recording an event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_rate_holds() {
+        let budget = Budget::new(EventBudget { per_second: Some(1.0), burst: NonZeroU32::new(3).unwrap() });
+        let admitted = (0..10).filter(|_| budget.admit()).count();
+        // Three at once; the fourth would need a second to pass.
+        assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn the_budget_refills_over_time() {
+        let budget = Budget::new(EventBudget { per_second: Some(20.0), burst: NonZeroU32::new(1).unwrap() });
+        assert!(budget.admit());
+        assert!(!budget.admit());
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(budget.admit(), "one event every 50 ms");
+    }
+
+    #[test]
+    fn no_rate_means_no_limit() {
+        let budget = Budget::new(EventBudget { per_second: None, burst: NonZeroU32::new(1).unwrap() });
+        assert!((0..10_000).all(|_| budget.admit()));
+    }
+}
