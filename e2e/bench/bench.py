@@ -64,11 +64,14 @@ def plan_flags():
 
 
 _local = threading.local()
+# Bumped by fresh_cluster(): a new control plane has new certificates, and
+# the connections to the old one are gone.
+CLUSTER = {"generation": 0}
 
 
 def session():
     s = getattr(_local, "s", None)
-    if s is None:
+    if s is None or getattr(_local, "generation", None) != CLUSTER["generation"]:
         s = requests.Session()
         s.cert = (os.path.join(PKI, "admin.crt"), os.path.join(PKI, "admin.key"))
         s.verify = os.path.join(PKI, "ca.crt")
@@ -77,6 +80,7 @@ def session():
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4)
         s.mount("https://", adapter)
         _local.s = s
+        _local.generation = CLUSTER["generation"]
     return s
 
 
@@ -195,53 +199,28 @@ def ensure_namespace(ns):
     raise RuntimeError(f"no default service account in {ns}")
 
 
-def delete_namespaces(prefix):
-    items = api("GET", "/api/v1/namespaces", params={"labelSelector": "runplane.dev/bench=true"})["items"]
-    for ns in items:
-        name = ns["metadata"]["name"]
-        if name.startswith(prefix):
-            api("DELETE", f"/api/v1/namespaces/{name}", ok=(200, 202, 404))
-
-
-def wait_namespaces_gone(prefix, timeout=240):
-    deadline = now() + timeout
-    while now() < deadline:
-        items = api("GET", "/api/v1/namespaces", params={"labelSelector": "runplane.dev/bench=true"})["items"]
-        if not [n for n in items if n["metadata"]["name"].startswith(prefix)]:
-            return True
-        time.sleep(1)
-    return False
-
-
-def release_stuck_pods(prefix):
-    """Removes runplane's finalizer from pods being deleted in the bench
-    namespaces: with no controller running (between scenarios, or after an
-    aborted run) nothing else would, and their namespaces would never go."""
-    released = 0
-    items = api("GET", "/api/v1/namespaces", params={"labelSelector": "runplane.dev/bench=true"})["items"]
-    for ns in [n["metadata"]["name"] for n in items if n["metadata"]["name"].startswith(prefix)]:
-        for pod in api("GET", f"/api/v1/namespaces/{ns}/pods")["items"]:
-            meta = pod["metadata"]
-            if meta.get("deletionTimestamp") and ACCOUNTING_FINALIZER in (meta.get("finalizers") or []):
-                api("PATCH", f"/api/v1/namespaces/{ns}/pods/{meta['name']}",
-                    {"metadata": {"finalizers": [f for f in meta["finalizers"] if f != ACCOUNTING_FINALIZER],
-                                  "resourceVersion": meta["resourceVersion"]}},
-                    ok=(200, 404, 409), ctype="application/merge-patch+json")
-                released += 1
-    return released
-
-
-def settle_namespaces(prefix, timeout=300):
-    """Waits for the bench namespaces to be gone (no controller runs now);
-    releases pods that only a controller would have released if they hold
-    them up. Says so when they are still there."""
-    if wait_namespaces_gone(prefix, timeout=30):
-        return
-    released = release_stuck_pods(prefix)
-    if released:
-        print(f"  (released runplane's finalizer on {released} pods left by a stopped controller)", flush=True)
-    if not wait_namespaces_gone(prefix, timeout=timeout - 30):
-        print(f"  WARNING: namespaces {prefix}* are still there after {timeout}s", flush=True)
+def fresh_cluster():
+    """Replaces the bench control plane by a new, empty one (down.sh --purge,
+    up.sh, the CRDs): every scenario starts on a fresh plane, with nothing
+    an earlier one left to delete or to compete with. Deleting 15,000 tasks
+    and their pods would take the apiserver minutes; a new plane about 25 s.
+    Returns the seconds it took."""
+    t = now()
+    env = {**os.environ, "RUNPLANE_E2E_STATE": STATE}
+    log = os.path.join(tempfile.gettempdir(), "runplane-bench-up.log")
+    with open(log, "w") as f:
+        for cmd in (["bash", os.path.join(ROOT, "e2e", "cluster", "down.sh"), "--purge"],
+                    ["bash", os.path.join(ROOT, "e2e", "cluster", "up.sh")]):
+            if subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[1:])} failed; see {log}")
+    CLUSTER["generation"] += 1
+    kubectl = os.environ.get("KUBECTL", "kubectl")
+    crds = os.path.join(ROOT, "crds", "runplane.yaml")
+    for cmd in ([kubectl, "--kubeconfig", KUBECONFIG, "apply", "--server-side", "-f", crds],
+                [kubectl, "--kubeconfig", KUBECONFIG, "wait", "--for=condition=Established", "crd", "--all",
+                 "--timeout=60s"]):
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return now() - t
 
 
 def account(name, plan, namespaces, limits=None, credits=10**12):
@@ -267,10 +246,6 @@ def task_body(name, tpl):
 
 # Limits far above what a run can use, for accounts whose limits must not bind.
 AMPLE = {"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000}
-
-
-def delete_accounts():
-    api("DELETE", f"/apis/{GROUP}/gpuaccounts", params={"labelSelector": "runplane.dev/bench=true"}, ok=(200, 404))
 
 
 def equivalent_pod(name, duration):
@@ -439,6 +414,12 @@ def kcm_pid():
         return int(f.read().strip())
 
 
+def kcm_flags():
+    """The flags the cluster's kube-controller-manager runs with now."""
+    with open(f"/proc/{kcm_pid()}/cmdline", "rb") as f:
+        return [a.decode() for a in f.read().split(b"\0") if a][1:]
+
+
 def restart_kcm(drop_qps):
     """Restarts the cluster's kube-controller-manager with the same flags,
     with (drop_qps=False) or without (True) --kube-api-qps/--kube-api-burst.
@@ -541,6 +522,19 @@ def throughput(args, sizes, out):
     res = {"tasks": n, "connections": args.concurrency, "loader": "bench-load"}
     timeout = args.phase_timeout
 
+    # (b') first, on the empty plane: a controller-manager restarted at its
+    # default client QPS would otherwise spend it resyncing the Jobs and pods
+    # of the other paths before it looked at the new Jobs.
+    if not args.skip_kcm_defaults:
+        restart_kcm(drop_qps=True)
+        try:
+            res["job_defaults"] = jobs(args, "bench-job-defaults", sizes["job_defaults"], "defaults", timeout)
+        finally:
+            flags = restart_kcm(drop_qps=False)
+    else:
+        flags = kcm_flags()
+    res["kcm_flags_as_run"] = [f for f in flags if "qps" in f or "burst" in f]
+
     # (a) raw pod creates
     ns = "bench-raw"
     ensure_namespace(ns)
@@ -552,6 +546,7 @@ def throughput(args, sizes, out):
     seen = wait_count(w, n, timeout)
     window = now() - t0
     writes = write_rates(before, request_counts(), window)
+    wait_finished(w, n, timeout)  # the next path has the apiserver to itself
     w.close()
     res["raw"] = {"created": seen, "seconds": max(w.added.values()) - t0,
                   "post_seconds": t_posted - t0, "loader": loader_summary(lr), "apiserver_writes": writes,
@@ -562,47 +557,8 @@ def throughput(args, sizes, out):
           f"({loader_note(lr)})", flush=True)
     print(f"    meanwhile {writes_note(writes, window)}", flush=True)
 
-    # (b) the Job controller, as the cluster runs it, then at its default client QPS
-    def jobs(ns, count, label):
-        ensure_namespace(ns)
-        w = PodWatch(f"bench-job={label}")
-        body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "job-{i}"},
-                "spec": {"backoffLimit": 0, "completions": 1, "parallelism": 1,
-                         "template": {"metadata": {"labels": {"bench-job": label},
-                                                   "annotations": {"e2e.runplane.dev/duration": "2s"}},
-                                      "spec": equivalent_pod("job-{i}", "2s")["spec"]}}}
-        t0 = now()
-        lr = load(args, f"/apis/batch/v1/namespaces/{ns}/jobs", body, count)
-        t_posted = now()
-        seen = wait_count(w, count, timeout)
-        w.close()
-        r = {"tasks": count, "created": seen, "seconds": (max(w.added.values()) - t0) if w.added else None,
-             "post_seconds": t_posted - t0, "complete": seen == count, "loader": loader_summary(lr)}
-        if seen < count:
-            r["seconds"] = now() - t0
-        r["rate"] = seen / r["seconds"]
-        r["series"] = sorted(t - t0 for t in w.added.values())
-        print(f"  Job controller ({label}): {seen}/{count} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
-              f"({loader_note(lr)})", flush=True)
-        return r
-
-    flags = restart_kcm(drop_qps=False)
-    res["kcm_flags_as_run"] = [f for f in flags if "qps" in f or "burst" in f]
-    res["job_raised_qps"] = jobs("bench-job-raised", n, "raised")
-    if not args.skip_kcm_defaults:
-        # Remove the earlier pods and Jobs first (while the controller-manager
-        # still has its raised QPS): a restarted one would otherwise spend its
-        # 20 QPS resyncing them before it looked at the new Jobs.
-        for k in ("bench-raw", "bench-job-raised"):
-            delete_namespaces(k)
-        for k in ("bench-raw", "bench-job-raised"):
-            if not wait_namespaces_gone(k, timeout=120):
-                print(f"  WARNING: namespace {k} is still there", flush=True)
-        restart_kcm(drop_qps=True)
-        try:
-            res["job_defaults"] = jobs("bench-job-defaults", sizes["job_defaults"], "defaults")
-        finally:
-            restart_kcm(drop_qps=False)
+    # (b) the Job controller, as the cluster runs it
+    res["job_raised_qps"] = jobs(args, "bench-job-raised", n, "raised", timeout)
 
     # (c) runplane with ample quota: the loader creates GpuTasks, runplane their pods
     ns = "bench-tp"
@@ -621,7 +577,6 @@ def throughput(args, sizes, out):
         seen = wait_count(w, n, timeout)
         window = now() - t0
         writes = write_rates(before, request_counts(), window)
-        w.close()
         r = {"created": seen, "seconds": max(w.added.values()) - t0, "post_seconds": t_posted - t0,
              "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "controller_rss_mb": ctl.rss_mb(),
              "loader": loader_summary(lr), "apiserver_writes": writes,
@@ -632,17 +587,16 @@ def throughput(args, sizes, out):
         print(f"  runplane: {seen} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
               f"(controller CPU {r['controller_cpu_seconds']:.1f}s; {loader_note(lr)})", flush=True)
         print(f"    meanwhile {writes_note(writes, window)}", flush=True)
-        # The pods still run and hold runplane's finalizer: delete them while
-        # the controller is there to release them.
-        delete_namespaces("bench-tp")
-        wait_namespaces_gone("bench-tp", timeout=120)
+        # The tasks' ends (statuses, charges, pod releases) are still being
+        # written: (c') starts once they are, so that it has the apiserver
+        # to itself.
+        r["settled_seconds"] = wait_released(w, n, timeout)
+        w.close()
 
         # (c') runplane from a standing backlog: the same controller, tasks
         # that cannot start (their account's concurrency limit is 0) until the
         # limit is raised in one patch. Only runplane creates pods from then on.
         res["runplane_backlog"] = standing_backlog(args, ctl, n, timeout)
-        delete_namespaces("bench-tpb")
-        wait_namespaces_gone("bench-tpb", timeout=120)
     finally:
         ctl.stop()
 
@@ -661,10 +615,62 @@ def throughput(args, sizes, out):
           f"{fmt(res.get('ratio_runplane_job_defaults'))}", flush=True)
     print(f"  a different measurement: runplane's own pod creates from a standing backlog ÷ raw pod creates = "
           f"{fmt(res['ratio_runplane_backlog_raw'])}", flush=True)
-    for k in ("bench-raw", "bench-job", "bench-tp"):
-        delete_namespaces(k)
-    delete_accounts()
     return res
+
+
+def jobs(args, ns, count, label, timeout):
+    """(b): `count` one-pod Jobs by the loader; the Job controller's pods,
+    timed from the first create to the last pod seen."""
+    ensure_namespace(ns)
+    w = PodWatch(f"bench-job={label}")
+    body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "job-{i}"},
+            "spec": {"backoffLimit": 0, "completions": 1, "parallelism": 1,
+                     "template": {"metadata": {"labels": {"bench-job": label},
+                                               "annotations": {"e2e.runplane.dev/duration": "2s"}},
+                                  "spec": equivalent_pod("job-{i}", "2s")["spec"]}}}
+    t0 = now()
+    lr = load(args, f"/apis/batch/v1/namespaces/{ns}/jobs", body, count)
+    t_posted = now()
+    seen = wait_count(w, count, timeout)
+    t_seen = now()
+    # The next path starts once every Job is complete: the pods' ends, the
+    # Job controller's status writes and finalizer removals are done.
+    settled = False
+    while not settled and now() < t_seen + timeout:
+        time.sleep(1)
+        items = api("GET", f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]
+        settled = all(any(c["type"] in ("Complete", "Failed") and c["status"] == "True"
+                          for c in (j.get("status") or {}).get("conditions") or []) for j in items)
+    w.close()
+    r = {"tasks": count, "created": seen, "seconds": (max(w.added.values()) - t0) if w.added else None,
+         "settled_seconds": now() - t_seen,
+         "post_seconds": t_posted - t0, "complete": seen == count, "loader": loader_summary(lr)}
+    if seen < count:
+        r["seconds"] = now() - t0
+    r["rate"] = seen / r["seconds"]
+    r["series"] = sorted(t - t0 for t in w.added.values())
+    print(f"  Job controller ({label}): {seen}/{count} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
+          f"({loader_note(lr)})", flush=True)
+    return r
+
+
+def wait_finished(watch, n, timeout):
+    """Waits until `watch` has seen n pods end."""
+    deadline = now() + timeout
+    while now() < deadline and len(watch.finished) < n:
+        time.sleep(0.5)
+
+
+def wait_released(watch, n, timeout):
+    """Waits until `watch` has seen n pods finished and released by runplane
+    (their tasks' ends written and charged); returns how long that took."""
+    t = now()
+    deadline = t + timeout
+    while now() < deadline and len(watch.released) < n:
+        time.sleep(0.5)
+    if len(watch.released) < n:
+        print(f"  WARNING: {len(watch.released)} of {n} pods released after {timeout:.0f}s", flush=True)
+    return now() - t
 
 
 def write_rates(before, after, seconds):
@@ -808,19 +814,19 @@ def events_by_reporter(namespaces):
 
 
 def writes_per_task(args, sizes, out):
-    """Writes per task, twice in one run: the controller as it runs by
-    default (an event at every transition), then with
+    """Writes per task, three times in one run, each on a fresh control
+    plane: the controller as it runs by default (routine events within its
+    budget of 10 a second after a burst of 50), with an event at every
+    transition (--transition-event-rate=0), and with
     --transition-events=false (events only for what needs a look)."""
     res = {"tasks": sizes["writes"], "runs": []}
-    for label, ns, extra in (("default", "bench-writes", []),
-                             ("transition events off", "bench-writes-quiet", ["--transition-events=false"])):
-        r = writes_run(args, sizes["writes"], ns, label, extra, out)
-        res["runs"].append(r)
-        # The namespace goes before the next run starts: its deletes would count there.
-        delete_namespaces(ns)
-        if not wait_namespaces_gone(ns, timeout=180):
-            print(f"  WARNING: namespace {ns} is still there", flush=True)
-        delete_accounts()
+    for i, (label, ns, extra) in enumerate((
+            ("default", "bench-writes", []),
+            ("every transition event", "bench-writes-all", ["--transition-event-rate=0"]),
+            ("transition events off", "bench-writes-quiet", ["--transition-events=false"]))):
+        if i:
+            fresh_cluster()
+        res["runs"].append(writes_run(args, sizes["writes"], ns, label, extra, out))
     return res
 
 
@@ -1100,8 +1106,6 @@ def backlog(args, sizes, out):
     series = rp["series"]
     step = max(1, len(series) // 4000)
     res["inuse"] = [(t - t0, u, al, wt, d) for t, u, al, wt, d in series[::step]]
-    delete_namespaces("bench-bl-")
-    delete_accounts()
     return res
 
 
@@ -1170,7 +1174,6 @@ def memory(args, sizes, out):
     for p in res["points"][1:]:
         p["bytes_per_task"] = (p["rss_mb"] - base["rss_mb"]) * 1024 * 1024 / p["tasks"]
         p["gateway_bytes_per_task"] = (p["gateway_rss_mb"] - base["gateway_rss_mb"]) * 1024 * 1024 / p["tasks"]
-    delete_namespaces("bench-mem")
     return res
 
 
@@ -1363,8 +1366,6 @@ def gateway(args, sizes, out):
     res["wrk"] = wrk_version()
     if any(r["non_2xx"] or any(r["socket_errors"].values()) for r in res["rows"]):
         print("  WARNING: some requests failed (non-2xx or socket errors); see the rows", flush=True)
-    delete_namespaces("bench-gw")
-    delete_accounts()
     return res
 
 
@@ -1380,7 +1381,6 @@ SCENARIOS = {"throughput": throughput, "writes": writes_per_task, "backlog": bac
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--scale", default=os.environ.get("BENCH_SCALE", "full"), choices=SCALES)
-    # memory last: its namespace (up to 100k tasks) is deleted in the background, not waited for
     p.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", "throughput,writes,backlog,gateway,memory"))
     p.add_argument("--runplane", required=True)
     p.add_argument("--loader", required=True, help="the bench-load example (cargo build --release --example bench-load)")
@@ -1408,29 +1408,19 @@ def main():
     if args.memory_points:
         sizes["memory"] = [int(x) for x in args.memory_points.split(",")]
     os.makedirs(args.out, exist_ok=True)
-    delete_namespaces("bench-")
-    delete_accounts()
-    settle_namespaces("bench-", timeout=900)  # an earlier run's last namespaces may still be going
     started = time.time()
     scenarios = args.scenarios.split(",")
     for name in scenarios:
         print(f"== {name} ({args.scale})", flush=True)
+        fresh = fresh_cluster()
         t = now()
         res = SCENARIOS[name](args, sizes, args.out)
         res["scale"] = args.scale
         res["wall_seconds"] = now() - t
+        res["fresh_cluster_seconds"] = fresh
         with open(os.path.join(args.out, f"{name}.json"), "w") as f:
             json.dump(res, f, indent=1)
-        if name == scenarios[-1]:
-            # Deleting many tasks takes minutes (100k: about 4.5 on 2 cores);
-            # the next run waits for it, this one need not.
-            print(f"  ({name}: {res['wall_seconds']:.0f}s; its namespaces are being deleted in the background)",
-                  flush=True)
-        else:
-            t_clean = now()
-            settle_namespaces("bench-")
-            print(f"  ({name}: {res['wall_seconds']:.0f}s, then {now() - t_clean:.0f}s for its namespaces to go)",
-                  flush=True)
+        print(f"  ({name}: {res['wall_seconds']:.0f}s on a control plane started in {fresh:.0f}s)", flush=True)
         try:
             import plots
             plots.plot(name, res, args.out)

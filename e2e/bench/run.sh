@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make bench: builds runplane, starts the bench control plane (its own ports,
-# so it never collides with `make test`'s cluster), runs e2e/bench/bench.py,
-# and leaves the cluster running (BENCH_DOWN=1 stops it afterwards).
+# make bench: builds runplane and runs e2e/bench/bench.py, which starts every
+# scenario on a fresh bench control plane (its own ports and state directory,
+# so it never collides with `make test`'s clusters) and leaves the last one
+# running (BENCH_DOWN=1 stops it afterwards).
 #
 # Objects are created by a Rust load generator (examples/bench_load.rs, built
 # here); the gateway scenario loads `runplane api` with wrk (Debian's `wrk`
@@ -58,10 +59,6 @@ LOADER=$(cd "$TARGET/release/examples" && pwd)/bench-load
 CLUSTER_BIN=$(bash e2e/cluster/build.sh | tail -n1)
 export KUBECTL="$CLUSTER_BIN/kubectl"
 export PATH="$CLUSTER_BIN:$PATH"
-
-bash e2e/cluster/up.sh >/dev/null
-"$KUBECTL" --kubeconfig "$RUNPLANE_E2E_STATE/kubeconfig" apply --server-side --force-conflicts -f crds/runplane.yaml >/dev/null
-"$KUBECTL" --kubeconfig "$RUNPLANE_E2E_STATE/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
 OUT=${BENCH_OUT:-e2e/bench/results}
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
