@@ -95,8 +95,8 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
 
     if let Some(pod) = pod {
         let pod_name = pod.name_any();
-        // Released before it is deleted: the delete would change the
-        // resourceVersion that the release is conditioned on.
+        // Released before it is deleted, so that a pod that the delete
+        // leaves terminating does not wait for another pass on the finalizer.
         if plan.release_pod && !released_already(ctx, pod) {
             release(&pods, pod).await?;
             remember_release(ctx, pod);
@@ -161,12 +161,17 @@ fn remember_release(ctx: &Context, pod: &Pod) {
     }
 }
 
-/// Removes runplane's finalizer from a pod, leaving any others.
+/// Removes runplane's finalizer from a pod, leaving any others. A strategic
+/// merge patch deletes just that entry of the list on the server, so it
+/// needs no resourceVersion: a status write by the kubelet in between (the
+/// pod's end, written while the task was charged) no longer makes the
+/// release fail with a conflict and cost another write and reconcile.
 async fn release(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
-    let remaining: Vec<String> =
-        pod.finalizers().iter().filter(|f| *f != labels::ACCOUNTING_FINALIZER).cloned().collect();
-    let patch = json!({ "metadata": { "resourceVersion": pod.resource_version(), "finalizers": remaining } });
-    match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    if !lifecycle::holds_finalizer(pod) {
+        return Ok(());
+    }
+    let patch = json!({ "metadata": { "$deleteFromPrimitiveList/finalizers": [labels::ACCOUNTING_FINALIZER] } });
+    match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&patch)).await {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(e.into()),
