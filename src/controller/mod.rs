@@ -84,10 +84,10 @@ pub struct Context {
     pub events: events::Events,
     pub metrics: Arc<ControllerMetrics>,
     pub accounts: AccountWriter,
-    /// Pods this process released, by UID, with the resourceVersion the
-    /// release was made against: a reconcile that still sees that version
-    /// in the cache does not release (and conflict) again.
-    pub released: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// UIDs of the pods this process released. runplane puts its finalizer
+    /// on a pod only when it creates it, so a released pod is never
+    /// released again, whatever older version of it the cache still shows.
+    pub released: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// How often every task is reconciled even if nothing changed.

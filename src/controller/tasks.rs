@@ -144,11 +144,7 @@ pub async fn write_status(api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskSt
 
 fn released_already(ctx: &Context, pod: &Pod) -> bool {
     let released = ctx.released.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    pod.metadata
-        .uid
-        .as_ref()
-        .and_then(|uid| released.get(uid))
-        .is_some_and(|rv| Some(rv) == pod.metadata.resource_version.as_ref())
+    pod.metadata.uid.as_ref().is_some_and(|uid| released.contains(uid))
 }
 
 fn remember_release(ctx: &Context, pod: &Pod) {
@@ -156,8 +152,8 @@ fn remember_release(ctx: &Context, pod: &Pod) {
     if released.len() >= 10_000 {
         released.clear();
     }
-    if let (Some(uid), Some(rv)) = (pod.metadata.uid.clone(), pod.metadata.resource_version.clone()) {
-        released.insert(uid, rv);
+    if let Some(uid) = pod.metadata.uid.clone() {
+        released.insert(uid);
     }
 }
 
