@@ -235,7 +235,7 @@ struct ControllerArgs {
     /// Record an event on the task at every phase transition (started, completed, queued); false records only what needs a look (failures, retries, cancels, slow starts, rejected input), which saves two API writes per task.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     transition_events: bool,
-    /// Routine events (queued, started, completed) recorded per second at most, beyond a burst; those over it are left out and counted in runplane_events_dropped_total (the task's status says the same). 0 records every one. Failures, retries, cancels and slow starts are always recorded.
+    /// Routine events (queued, admitted, started, completed) recorded per second at most, beyond a burst; those over it are left out and counted in runplane_events_dropped_total (the task's status says the same). 0 records every one. Failures, retries, cancels and rejected input are always recorded.
     #[arg(long, default_value_t = 10.0, value_parser = parse_event_rate)]
     transition_event_rate: f64,
     /// Routine events that may be recorded at once after a quiet spell.

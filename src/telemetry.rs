@@ -111,7 +111,7 @@ impl ControllerMetrics {
             IntGauge::new("runplane_webhooks_pending", "Finished tasks whose webhook is not settled").unwrap();
         let events_dropped = IntCounter::new(
             "runplane_events_dropped_total",
-            "Routine events (queued, started, completed) left out because they exceeded the event budget",
+            "Routine events (queued, admitted, started, completed) left out because they exceeded the event budget",
         )
         .unwrap();
         for collector in [

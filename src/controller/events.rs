@@ -1,15 +1,15 @@
 //! The controller's events, within a budget.
 //!
 //! Events are best effort in Kubernetes, and each is an API write. A task's
-//! routine transitions (queued, started, completed) are worth an event when
+//! routine transitions (queued, admitted, started, completed) are worth an event when
 //! someone runs `kubectl describe` on a few tasks, but at thousands of tasks
 //! they would spend a large share of the apiserver's write capacity on
 //! records that nobody reads, ahead of the pods and statuses that do the
 //! work. So routine events pass a token bucket (like the kubelet's
 //! `--event-qps` and `--event-burst`), and those beyond it are left out and
 //! counted; the phase, reason and times on the task's status say the same.
-//! Events that need a look (failures, retries, cancels, slow starts,
-//! rejected input, webhook trouble) are always recorded.
+//! Events that need a look (failures, retries, cancels, rejected input,
+//! webhook trouble) are always recorded.
 
 use std::num::NonZeroU32;
 use std::time::Duration;

@@ -72,9 +72,9 @@ pub struct TaskEvent {
     pub reason: &'static str,
     pub note: String,
     pub warning: bool,
-    /// A routine transition (started, completed): recorded within the
-    /// controller's event budget, left out beyond it. Everything else
-    /// (failures, retries, cancels, slow starts) is always recorded.
+    /// A routine transition (admitted with a slow start, started,
+    /// completed): recorded within the controller's event budget, left out
+    /// beyond it. Failures, retries and cancels are always recorded.
     pub routine: bool,
 }
 
@@ -271,7 +271,7 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
                     reason: "Admitted",
                     note: format!("created pod {}", pod.metadata.name.as_deref().unwrap_or_default()),
                     warning: false,
-                    routine: false,
+                    routine: true,
                 });
             }
             out.requeue_after = Some(deadline.duration_since(view.now).max(SignedDuration::from_secs(1)));
