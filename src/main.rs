@@ -283,8 +283,8 @@ struct ControllerArgs {
     /// Limits of a plan: NAME=CONCURRENT,RPM[,GPUS] (free, pro or team; repeatable). Defaults: free=5,30 pro=10,60 team=25,120. Give the gateway the same.
     #[arg(long = "plan", value_name = "NAME=CONCURRENT,RPM[,GPUS]")]
     plan: Vec<String>,
-    /// Tasks reconciled at once. Each waits on its API writes (status, charge, pod release), so this bounds how many tasks' ends are written at a time.
-    #[arg(long, default_value_t = 64)]
+    /// Tasks reconciled at once.
+    #[arg(long, default_value_t = 16)]
     reconcile_concurrency: u16,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
