@@ -267,7 +267,7 @@ impl Admitter {
         self.record_waiting(&check, &decision, now);
 
         super::tasks::reap_orphans(&ctx, changed_pods).await;
-        super::templates::sync(&ctx, &self.templates).await;
+        super::templates::sync(&ctx, &self.templates, full).await;
         self.report(&decision);
         deciding
     }
@@ -751,11 +751,21 @@ fn add_usage(
     gpus: &BTreeMap<String, i64>,
     per_run: i64,
 ) {
-    let entry = running.entry(account.to_string()).or_default();
+    // Runs for every pod that holds capacity on every pass: no allocation
+    // for an account or resource that is counted already.
+    let entry = match running.get_mut(account) {
+        Some(entry) => entry,
+        None => running.entry(account.to_string()).or_default(),
+    };
     entry.0 += 1;
     entry.1 += gpus.values().sum::<i64>();
     entry.2 += per_run;
     for (resource, n) in gpus {
-        *cluster.in_use.entry(resource.clone()).or_default() += n;
+        match cluster.in_use.get_mut(resource) {
+            Some(used) => *used += n,
+            None => {
+                cluster.in_use.insert(resource.clone(), *n);
+            }
+        }
     }
 }
