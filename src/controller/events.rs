@@ -19,19 +19,14 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder};
 use prometheus::IntCounter;
 
-/// How many routine events the controller may record.
+/// How many routine events the controller may record (the defaults are the
+/// controller's flags).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EventBudget {
     /// Sustained rate per second (above 0); None records every one.
     pub per_second: Option<f64>,
     /// How many may be recorded at once after a quiet spell.
     pub burst: NonZeroU32,
-}
-
-impl Default for EventBudget {
-    fn default() -> Self {
-        Self { per_second: Some(10.0), burst: NonZeroU32::new(50).expect("non-zero") }
-    }
 }
 
 /// Decides which routine events fit the budget.
