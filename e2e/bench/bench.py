@@ -414,10 +414,10 @@ def kcm_pid():
         return int(f.read().strip())
 
 
-def kcm_flags():
-    """The flags the cluster's kube-controller-manager runs with now."""
+def kcm_argv():
+    """The command line the cluster's kube-controller-manager runs with now."""
     with open(f"/proc/{kcm_pid()}/cmdline", "rb") as f:
-        return [a.decode() for a in f.read().split(b"\0") if a][1:]
+        return [a.decode() for a in f.read().split(b"\0") if a]
 
 
 def restart_kcm(drop_qps):
@@ -425,8 +425,7 @@ def restart_kcm(drop_qps):
     with (drop_qps=False) or without (True) --kube-api-qps/--kube-api-burst.
     Returns the flags it was started with."""
     pid = kcm_pid()
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        argv = [a.decode() for a in f.read().split(b"\0") if a]
+    argv = kcm_argv()
     saved = os.path.join(STATE, "kube-controller-manager.argv.json")
     if not os.path.exists(saved):
         with open(saved, "w") as f:
@@ -534,7 +533,7 @@ def throughput(args, sizes, out):
         # Finished by the controller-manager at its raised QPS: quicker.
         res["job_defaults"]["settled_seconds"] = settle_jobs("bench-job-defaults", timeout)
     else:
-        flags = kcm_flags()
+        flags = kcm_argv()[1:]
     res["kcm_flags_as_run"] = [f for f in flags if "qps" in f or "burst" in f]
 
     # (a) raw pod creates
@@ -548,7 +547,7 @@ def throughput(args, sizes, out):
     seen = wait_count(w, n, timeout)
     window = now() - t0
     writes = write_rates(before, request_counts(), window)
-    wait_finished(w, n, timeout)  # the next path has the apiserver to itself
+    wait_pods(w.finished, n, timeout, "ended")  # the next path has the apiserver to itself
     w.close()
     res["raw"] = {"created": seen, "seconds": max(w.added.values()) - t0,
                   "post_seconds": t_posted - t0, "loader": loader_summary(lr), "apiserver_writes": writes,
@@ -593,7 +592,8 @@ def throughput(args, sizes, out):
         # The tasks' ends (statuses, charges, pod releases) are still being
         # written: (c') starts once they are, so that it has the apiserver
         # to itself.
-        r["settled_seconds"] = wait_released(w, n, timeout)
+        # (released: their tasks' ends written and charged)
+        r["settled_seconds"] = wait_pods(w.released, n, timeout, "released")
         w.close()
 
         # (c') runplane from a standing backlog: the same controller, tasks
@@ -661,22 +661,14 @@ def settle_jobs(ns, timeout):
     return now() - t
 
 
-def wait_finished(watch, n, timeout):
-    """Waits until `watch` has seen n pods end."""
-    deadline = now() + timeout
-    while now() < deadline and len(watch.finished) < n:
-        time.sleep(0.5)
-
-
-def wait_released(watch, n, timeout):
-    """Waits until `watch` has seen n pods finished and released by runplane
-    (their tasks' ends written and charged); returns how long that took."""
+def wait_pods(seen, n, timeout, what):
+    """Waits until `seen` (a PodWatch's finished or released) holds n pods;
+    returns how long that took."""
     t = now()
-    deadline = t + timeout
-    while now() < deadline and len(watch.released) < n:
+    while now() < t + timeout and len(seen) < n:
         time.sleep(0.5)
-    if len(watch.released) < n:
-        print(f"  WARNING: {len(watch.released)} of {n} pods released after {timeout:.0f}s", flush=True)
+    if len(seen) < n:
+        print(f"  WARNING: {len(seen)} of {n} pods {what} after {timeout:.0f}s", flush=True)
     return now() - t
 
 
