@@ -39,41 +39,59 @@ pub struct Triggers {
 /// Where a reflector forwards its changes.
 type Forward<K> = Option<(futures::channel::mpsc::UnboundedSender<K>, Arc<AtomicBool>)>;
 
-/// Tasks and pods that changed since admission last looked, so that a pass
-/// looks at what changed instead of every object in the caches. A relist
-/// (watch restarted from scratch) asks for a full look.
+/// Keys (namespace/name) of the objects that changed since their consumer
+/// last looked, and whether the reflector relisted meanwhile, which asks
+/// for a look at everything.
+#[derive(Default)]
+pub struct Changed {
+    keys: Mutex<HashSet<TaskKey>>,
+    relisted: AtomicBool,
+}
+
+impl Changed {
+    fn mark<K: Resource>(&self, obj: &K) {
+        let key =
+            TaskKey::new(obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default());
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner).insert(key);
+    }
+
+    /// Takes every change recorded so far, and whether there was a relist.
+    pub fn take(&self) -> (HashSet<TaskKey>, bool) {
+        let keys = std::mem::take(&mut *self.keys.lock().unwrap_or_else(PoisonError::into_inner));
+        (keys, self.relisted.swap(false, Ordering::SeqCst))
+    }
+}
+
+/// What changed since each consumer last looked, so that it looks at what
+/// changed instead of every object in the caches: the tasks and pods for
+/// admission, and the tasks again for webhook delivery.
 #[derive(Default)]
 pub struct Dirty {
-    tasks: Mutex<HashSet<TaskKey>>,
-    pods: Mutex<HashSet<TaskKey>>,
-    relisted: AtomicBool,
+    tasks: Changed,
+    pods: Changed,
+    /// Tasks that changed since the webhook deliverer last looked.
+    pub deliveries: Changed,
 }
 
 /// What changed: tasks, pods (as namespace/name), and whether a cache was relisted.
 pub type Changes = (HashSet<TaskKey>, HashSet<TaskKey>, bool);
 
 impl Dirty {
-    fn mark<K: Resource>(set: &Mutex<HashSet<TaskKey>>, obj: &K) {
-        let key =
-            TaskKey::new(obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default());
-        set.lock().unwrap_or_else(PoisonError::into_inner).insert(key);
-    }
-
-    /// Takes every change recorded so far.
+    /// Takes every task and pod change recorded for admission so far.
     pub fn take(&self) -> Changes {
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        let pods = std::mem::take(&mut *self.pods.lock().unwrap_or_else(PoisonError::into_inner));
-        (tasks, pods, self.relisted.swap(false, Ordering::SeqCst))
+        let (tasks, tasks_relisted) = self.tasks.take();
+        let (pods, pods_relisted) = self.pods.take();
+        (tasks, pods, tasks_relisted || pods_relisted)
     }
 }
 
-/// Which of [`Dirty`]'s sets a reflector records its changes in.
-type DirtySet = fn(&Dirty) -> &Mutex<HashSet<TaskKey>>;
+/// One of [`Dirty`]'s sets, that a reflector records its changes in.
+type DirtySet = fn(&Dirty) -> &Changed;
 
 /// What a reflector does with each event besides storing it.
 struct Hooks<K> {
     forward: Forward<K>,
-    dirty: Option<(Arc<Dirty>, DirtySet)>,
+    dirty: Option<(Arc<Dirty>, Vec<DirtySet>)>,
 }
 
 fn trim<K: Resource>(obj: &mut K) {
@@ -134,7 +152,10 @@ pub fn start(
         .default_backoff()
         .modify(trim_task)
         .reflect(writer);
-    let hooks = Hooks { forward: Some((task_tx, active.clone())), dirty: Some((dirty.clone(), |d| &d.tasks)) };
+    let hooks = Hooks {
+        forward: Some((task_tx, active.clone())),
+        dirty: Some((dirty.clone(), vec![|d| &d.tasks, |d| &d.deliveries])),
+    };
     handles.push(drive("gputasks", stream, changed.clone(), hooks));
 
     let (pod_tx, pod_rx) = futures::channel::mpsc::unbounded();
@@ -144,7 +165,7 @@ pub fn start(
             .default_backoff()
             .modify(trim_pod)
             .reflect(writer);
-    let hooks = Hooks { forward: Some((pod_tx, active.clone())), dirty: Some((dirty, |d| &d.pods)) };
+    let hooks = Hooks { forward: Some((pod_tx, active.clone())), dirty: Some((dirty, vec![|d| &d.pods])) };
     handles.push(drive("pods", stream, changed.clone(), hooks));
 
     let (accounts, writer) = reflector::store::<GpuAccount>();
@@ -192,12 +213,14 @@ where
                     {
                         let _ = tx.unbounded_send(obj.clone());
                     }
-                    if let Some((dirty, set)) = &hooks.dirty {
-                        match &event {
-                            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => Dirty::mark(set(dirty), obj),
-                            // A relist replaces the store: look at everything.
-                            watcher::Event::InitDone => dirty.relisted.store(true, Ordering::SeqCst),
-                            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                    if let Some((dirty, sets)) = &hooks.dirty {
+                        for set in sets {
+                            match &event {
+                                watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => set(dirty).mark(obj),
+                                // A relist replaces the store: look at everything.
+                                watcher::Event::InitDone => set(dirty).relisted.store(true, Ordering::SeqCst),
+                                watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                            }
                         }
                     }
                     changed.notify_one();
@@ -247,9 +270,14 @@ impl Caches {
 
     /// The account that owns `namespace`, if exactly one lists it.
     pub fn account_of(&self, namespace: &str) -> Option<String> {
+        self.owner_of(namespace).map(|a| a.name_any())
+    }
+
+    /// The account that owns `namespace`, if exactly one lists it.
+    pub fn owner_of(&self, namespace: &str) -> Option<Arc<GpuAccount>> {
         let mut owners = self.accounts.state().into_iter().filter(|a| a.spec.namespaces.iter().any(|n| n == namespace));
         let first = owners.next()?;
-        owners.next().is_none().then(|| first.name_any())
+        owners.next().is_none().then_some(first)
     }
 
     /// Which account owns each namespace. A namespace claimed by several

@@ -141,8 +141,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         released: Default::default(),
     });
 
-    let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone(), dirty).run(changed));
-    let deliverer = tokio::spawn(webhooks::Deliverer::new(ctx.clone(), config.webhooks.clone()).run());
+    let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone(), dirty.clone()).run(changed));
+    let deliverer = tokio::spawn(webhooks::Deliverer::new(ctx.clone(), config.webhooks.clone(), dirty.clone()).run());
     // From here on the reflectors forward changes; a full pass now and every
     // few minutes covers what happened before and anything a stream missed.
     triggers.active.store(true, Ordering::SeqCst);

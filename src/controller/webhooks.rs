@@ -34,6 +34,8 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::Context;
+use super::caches::Dirty;
+use crate::domain::TaskKey;
 use crate::domain::webhook::{self, DeliveryResult, Outcome, WebhookConfig};
 use crate::resources::{GpuTask, WebhookStatus, labels, managers};
 
@@ -42,6 +44,8 @@ const PARALLEL: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a write is waited for in the cache before it is forgotten.
 const WRITTEN_MEMORY: jiff::SignedDuration = jiff::SignedDuration::from_secs(120);
+/// Every task is looked at at least this often.
+const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
 /// How long a hostname may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -57,8 +61,7 @@ pub fn destination(ctx: &Context, task: &GpuTask) -> Option<String> {
     {
         return Some(url);
     }
-    let account = ctx.caches.accounts_by_namespace().get(&namespace)?.as_ref().ok()?.clone();
-    account.spec.webhook.as_ref()?.url.clone()
+    ctx.caches.owner_of(&namespace)?.spec.webhook.as_ref()?.url.clone()
 }
 
 /// True while a finished task still owes a delivery (its TTL waits for it).
@@ -215,10 +218,18 @@ pub struct Deliverer {
     permits: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Tasks that changed since the last pass.
+    dirty: Arc<Dirty>,
+    /// Tasks that owed a delivery on the last pass (due, due later, under
+    /// way, or an outcome to write again): looked at on every pass until
+    /// they owe nothing. The others are looked at again when they change,
+    /// and on every full pass.
+    owing: HashSet<TaskKey>,
+    last_full: Option<Instant>,
 }
 
 impl Deliverer {
-    pub fn new(ctx: Arc<Context>, config: WebhookConfig) -> Self {
+    pub fn new(ctx: Arc<Context>, config: WebhookConfig, dirty: Arc<Dirty>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
             ctx,
@@ -227,6 +238,9 @@ impl Deliverer {
             permits: Arc::new(Semaphore::new(PARALLEL)),
             done_tx,
             done_rx,
+            dirty,
+            owing: HashSet::new(),
+            last_full: None,
         }
     }
 
@@ -248,12 +262,24 @@ impl Deliverer {
     }
 
     /// Starts every due attempt (and every due write of an outcome) that a
-    /// permit is free for; the rest wait for a later pass.
+    /// permit is free for; the rest wait for a later pass. Looks at the
+    /// tasks that changed and those that owe a delivery; at every task after
+    /// a relist and every [`FULL_PASS_EVERY`] (a destination set later on an
+    /// account or template is found then).
     fn pass(&mut self) {
         let now = Timestamp::now();
-        let mut waiting = 0i64;
+        let (changed, relisted) = self.dirty.deliveries.take();
+        let full = relisted || self.last_full.is_none_or(|t| t.elapsed() >= FULL_PASS_EVERY);
+        let tasks: Vec<Arc<GpuTask>> = if full {
+            self.last_full = Some(Instant::now());
+            self.ctx.caches.tasks.state()
+        } else {
+            let keys: HashSet<&TaskKey> = changed.iter().chain(&self.owing).collect();
+            keys.into_iter().filter_map(|k| self.ctx.caches.task(&k.namespace, &k.name)).collect()
+        };
+        let mut owing = HashSet::new();
         let mut live = HashSet::new();
-        for task in self.ctx.caches.tasks.state() {
+        for task in tasks {
             if !task.is_terminal() {
                 continue;
             }
@@ -261,10 +287,12 @@ impl Deliverer {
             let Some(url) = destination(&self.ctx, &task) else { continue };
             let uid = task.metadata.uid.clone().unwrap_or_default();
             live.insert(uid.clone());
+            // Every task from here on owes a delivery, unless settled below.
+            let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
             let current = task.status.as_ref().and_then(|s| s.webhook.clone());
             let work = match self.memory.plan(&uid, current.as_ref(), now) {
                 Plan::Wait => {
-                    waiting += 1;
+                    owing.insert(key);
                     continue;
                 }
                 Plan::Rewrite(record) => Work::Write(*record),
@@ -286,7 +314,7 @@ impl Deliverer {
                         },
                         Some(w) if w.is_settled() => continue,
                         Some(w) if w.next_attempt_at.as_ref().is_some_and(|t| t.0 > now) => {
-                            waiting += 1;
+                            owing.insert(key);
                             continue;
                         }
                         Some(w) => w,
@@ -294,7 +322,7 @@ impl Deliverer {
                     Work::Attempt(Attempt { task, event, url, previous })
                 }
             };
-            waiting += 1;
+            owing.insert(key);
             let Ok(permit) = self.permits.clone().try_acquire_owned() else { continue };
             self.memory.started(&uid);
             let (ctx, config, done) = (self.ctx.clone(), self.config.clone(), self.done_tx.clone());
@@ -308,8 +336,12 @@ impl Deliverer {
                 let _ = done.send(Done { uid, record, written });
             });
         }
-        self.memory.retain(&live);
-        self.ctx.metrics.webhooks_pending.set(waiting);
+        if full {
+            self.memory.retain(&live);
+        }
+        // What owes a delivery was all looked at: the count is the whole.
+        self.ctx.metrics.webhooks_pending.set(owing.len() as i64);
+        self.owing = owing;
     }
 }
 
