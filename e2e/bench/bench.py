@@ -422,19 +422,11 @@ def kcm_argv():
         return [a.decode() for a in f.read().split(b"\0") if a]
 
 
-def restart_kcm(drop_qps):
-    """Restarts the cluster's kube-controller-manager with the same flags,
-    with (drop_qps=False) or without (True) --kube-api-qps/--kube-api-burst.
-    Returns the flags it was started with."""
+def restart_kcm_at_defaults():
+    """Restarts the cluster's kube-controller-manager with the flags it runs
+    with less --kube-api-qps/--kube-api-burst: at the client's defaults."""
     pid = kcm_pid()
-    argv = kcm_argv()
-    saved = os.path.join(STATE, "kube-controller-manager.argv.json")
-    if not os.path.exists(saved):
-        with open(saved, "w") as f:
-            json.dump(argv, f)
-    with open(saved) as f:
-        original = json.load(f)
-    want = [a for a in original if not (drop_qps and re.match(r"--kube-api-(qps|burst)=", a))]
+    want = [a for a in kcm_argv() if not re.match(r"--kube-api-(qps|burst)=", a)]
     os.kill(pid, signal.SIGTERM)
     for _ in range(100):
         if not os.path.exists(f"/proc/{pid}"):
@@ -454,7 +446,6 @@ def restart_kcm(drop_qps):
             pass
         time.sleep(0.2)
     time.sleep(2)
-    return want[1:]
 
 
 # ---------------------------------------------------------------------------
@@ -523,20 +514,22 @@ def throughput(args, sizes, out):
     res = {"tasks": n, "connections": args.concurrency, "loader": "bench-load"}
     timeout = args.phase_timeout
 
-    # (b') first, on the empty plane: a controller-manager restarted at its
-    # default client QPS would otherwise spend it resyncing the Jobs and pods
-    # of the other paths before it looked at the new Jobs.
+    # Each path on a plane of its own, fresh: none competes with what the
+    # one before left to finish (pods still running, ends still being
+    # written), and no path waits for that. A fresh plane takes about 25 s;
+    # letting 2,000 tasks settle took up to 100.
+    planes = {}
+
+    def fresh(path):
+        planes[path] = fresh_cluster()
+
+    # (b') The Job controller with the controller-manager at its default
+    # client QPS (the scenario starts on a fresh plane).
     if not args.skip_kcm_defaults:
-        restart_kcm(drop_qps=True)
-        try:
-            res["job_defaults"] = jobs(args, "bench-job-defaults", sizes["job_defaults"], "defaults", timeout)
-        finally:
-            flags = restart_kcm(drop_qps=False)
-        # Finished by the controller-manager at its raised QPS: quicker.
-        res["job_defaults"]["settled_seconds"] = settle_jobs("bench-job-defaults", timeout)
-    else:
-        flags = kcm_argv()[1:]
-    res["kcm_flags_as_run"] = [f for f in flags if "qps" in f or "burst" in f]
+        restart_kcm_at_defaults()
+        res["job_defaults"] = jobs(args, "bench-job-defaults", sizes["job_defaults"], "defaults", timeout)
+        fresh("raw")
+    res["kcm_flags_as_run"] = [f for f in kcm_argv()[1:] if "qps" in f or "burst" in f]
 
     # (a) raw pod creates
     ns = "bench-raw"
@@ -549,7 +542,6 @@ def throughput(args, sizes, out):
     seen = wait_count(w, n, timeout)
     window = now() - t0
     writes = write_rates(before, request_counts(), window)
-    wait_pods(w.finished, n, timeout, "ended")  # the next path has the apiserver to itself
     w.close()
     res["raw"] = {"created": seen, "seconds": max(w.added.values()) - t0,
                   "post_seconds": t_posted - t0, "loader": loader_summary(lr), "apiserver_writes": writes,
@@ -561,10 +553,11 @@ def throughput(args, sizes, out):
     print(f"    meanwhile {writes_note(writes, window)}", flush=True)
 
     # (b) the Job controller, as the cluster runs it
+    fresh("job_raised_qps")
     res["job_raised_qps"] = jobs(args, "bench-job-raised", n, "raised", timeout)
-    res["job_raised_qps"]["settled_seconds"] = settle_jobs("bench-job-raised", timeout)
 
     # (c) runplane with ample quota: the loader creates GpuTasks, runplane their pods
+    fresh("runplane")
     ns = "bench-tp"
     ensure_namespace(ns)
     account("bench-tp", "custom", [ns], limits=AMPLE)
@@ -581,6 +574,7 @@ def throughput(args, sizes, out):
         seen = wait_count(w, n, timeout)
         window = now() - t0
         writes = write_rates(before, request_counts(), window)
+        w.close()
         r = {"created": seen, "seconds": max(w.added.values()) - t0, "post_seconds": t_posted - t0,
              "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "controller_rss_mb": ctl.rss_mb(),
              "loader": loader_summary(lr), "apiserver_writes": writes,
@@ -591,19 +585,20 @@ def throughput(args, sizes, out):
         print(f"  runplane: {seen} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
               f"(controller CPU {r['controller_cpu_seconds']:.1f}s; {loader_note(lr)})", flush=True)
         print(f"    meanwhile {writes_note(writes, window)}", flush=True)
-        # The tasks' ends (statuses, charges, pod releases) are still being
-        # written: (c') starts once they are, so that it has the apiserver
-        # to itself.
-        # (released: their tasks' ends written and charged)
-        r["settled_seconds"] = wait_pods(w.released, n, timeout, "released")
-        w.close()
+    finally:
+        ctl.stop()
 
-        # (c') runplane from a standing backlog: the same controller, tasks
-        # that cannot start (their account's concurrency limit is 0) until the
-        # limit is raised in one patch. Only runplane creates pods from then on.
+    # (c') runplane from a standing backlog: tasks that cannot start (their
+    # account's concurrency limit is 0) until the limit is raised in one
+    # patch. Only runplane creates pods from then on.
+    fresh("runplane_backlog")
+    ctl = Controller(args.runplane, out, "throughput-backlog")
+    try:
+        time.sleep(2)
         res["runplane_backlog"] = standing_backlog(args, ctl, n, timeout)
     finally:
         ctl.stop()
+    res["fresh_plane_seconds"] = planes
 
     def ratio(a, b):
         return a["rate"] / b["rate"] if a and b and b["rate"] else None
@@ -647,31 +642,6 @@ def jobs(args, ns, count, label, timeout):
     print(f"  Job controller ({label}): {seen}/{count} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
           f"({loader_note(lr)})", flush=True)
     return r
-
-
-def settle_jobs(ns, timeout):
-    """Waits until every Job in `ns` is complete (the pods' ends, the Job
-    controller's status writes and finalizer removals done), so that the
-    next path has the apiserver to itself; returns how long that took."""
-    t = now()
-    while now() < t + timeout:
-        items = api("GET", f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]
-        if all(any(c["type"] in ("Complete", "Failed") and c["status"] == "True"
-                   for c in (j.get("status") or {}).get("conditions") or []) for j in items):
-            break
-        time.sleep(1)
-    return now() - t
-
-
-def wait_pods(seen, n, timeout, what):
-    """Waits until `seen` (a PodWatch's finished or released) holds n pods;
-    returns how long that took."""
-    t = now()
-    while now() < t + timeout and len(seen) < n:
-        time.sleep(0.5)
-    if len(seen) < n:
-        print(f"  WARNING: {len(seen)} of {n} pods {what} after {timeout:.0f}s", flush=True)
-    return now() - t
 
 
 def write_rates(before, after, seconds):
@@ -1192,25 +1162,29 @@ def memory(args, sizes, out):
     template(ns_q, "t", "1s")
     done_created = queued_created = 0
 
-    def peak(rss):
+    def peak(child):
+        """The highest RSS over 6 s after a 5 s start, and the CPU share
+        meanwhile: with nothing changing, what the caches cost to keep."""
         time.sleep(5)
         vals = []
+        cpu0, t0 = child.cpu_seconds(), now()
         for _ in range(6):
-            vals.append(rss())
+            vals.append(child.rss_mb())
             time.sleep(1)
-        return max(vals)
+        return max(vals), (child.cpu_seconds() - cpu0) / (now() - t0)
 
     def measure(label, tasks):
         # One process at a time, each fresh: the controller, then the gateway
         # (which caches every task too, for its reads).
         ctl = Controller(args.runplane, out, f"memory-{label}")
         try:
-            point = {"tasks": tasks, "rss_mb": peak(ctl.rss_mb)}
+            rss, cpu = peak(ctl)
+            point = {"tasks": tasks, "rss_mb": rss, "idle_cpu_share": cpu}
         finally:
             ctl.stop()
         gw = Gateway(args.runplane, out, f"memory-{label}", "bench-mem-keys")
         try:
-            point["gateway_rss_mb"] = peak(gw.rss_mb)
+            point["gateway_rss_mb"], point["gateway_idle_cpu_share"] = peak(gw)
         finally:
             gw.stop()
         return point
@@ -1245,9 +1219,10 @@ def memory(args, sizes, out):
         p["seed_seconds"] = seed_seconds
         p["loader_queued"] = lq and loader_summary(lq)
         res["points"].append(p)
-        print(f"  {target} tasks ({queued} queued): controller {p['rss_mb']:.1f} MB, gateway "
-              f"{p['gateway_rss_mb']:.1f} MB (the new finished tasks written to etcd in {seed_seconds:.1f}s, "
-              f"all new ones in {create_seconds:.1f}s)", flush=True)
+        print(f"  {target} tasks ({queued} queued): controller {p['rss_mb']:.1f} MB, "
+              f"{100 * p['idle_cpu_share']:.1f}% of a core at rest; gateway {p['gateway_rss_mb']:.1f} MB, "
+              f"{100 * p['gateway_idle_cpu_share']:.1f}% (the new finished tasks written to etcd in "
+              f"{seed_seconds:.1f}s, all new ones in {create_seconds:.1f}s)", flush=True)
     base = res["points"][0]
     for p in res["points"][1:]:
         p["bytes_per_task"] = (p["rss_mb"] - base["rss_mb"]) * 1024 * 1024 / p["tasks"]
