@@ -337,6 +337,38 @@ def proc_rss_mb(pid):
     return None
 
 
+PLANE = ("kube-apiserver", "etcd", "kwok", "kube-scheduler", "kube-controller-manager")
+
+
+def plane_cpu():
+    """CPU seconds used so far by each process of the bench plane."""
+    out = {}
+    for name in PLANE:
+        try:
+            with open(os.path.join(STATE, "pids", f"{name}.pid")) as f:
+                out[name] = proc_cpu_seconds(int(f.read().strip()))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def cpu_used(before, after, seconds, per=None):
+    """What each plane process used between two plane_cpu() snapshots: its
+    share of a core, and milliseconds per item if `per` items were done."""
+    out = {}
+    for name in after:
+        used = after[name] - before.get(name, 0.0)
+        out[name] = {"cpu_seconds": used, "cores": used / seconds}
+        if per:
+            out[name]["ms_per_item"] = 1000 * used / per
+    return out
+
+
+def cpu_note(used):
+    return ", ".join(f"{k} {v['cores']:.2f}" + (f" ({v['ms_per_item']:.1f} ms each)" if "ms_per_item" in v else "")
+                     for k, v in used.items())
+
+
 def proc_cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -535,22 +567,24 @@ def throughput(args, sizes, out):
     ns = "bench-raw"
     ensure_namespace(ns)
     w = PodWatch("bench=raw")
-    before = request_counts()
+    before, cpu_before = request_counts(), plane_cpu()
     t0 = now()
     lr = load(args, f"/api/v1/namespaces/{ns}/pods", equivalent_pod("raw-{i}", "2s"), n)
     t_posted = now()
     seen = wait_count(w, n, timeout)
     window = now() - t0
     writes = write_rates(before, request_counts(), window)
+    plane = cpu_used(cpu_before, plane_cpu(), window, seen)
     w.close()
     res["raw"] = {"created": seen, "seconds": max(w.added.values()) - t0,
                   "post_seconds": t_posted - t0, "loader": loader_summary(lr), "apiserver_writes": writes,
-                  "apiserver_writes_per_second": sum(x["count"] for x in writes) / window}
+                  "apiserver_writes_per_second": sum(x["count"] for x in writes) / window, "plane_cpu": plane}
     res["raw"]["rate"] = seen / res["raw"]["seconds"]
     res["raw"]["series"] = sorted(t - t0 for t in w.added.values())
     print(f"  raw pod creates: {seen} pods in {res['raw']['seconds']:.2f}s = {res['raw']['rate']:.1f}/s "
           f"({loader_note(lr)})", flush=True)
     print(f"    meanwhile {writes_note(writes, window)}", flush=True)
+    print(f"    cores used (CPU per pod): {cpu_note(plane)}", flush=True)
 
     # (b) the Job controller, as the cluster runs it
     fresh("job_raised_qps")
@@ -566,7 +600,7 @@ def throughput(args, sizes, out):
     try:
         time.sleep(2)
         w = PodWatch("runplane.dev/task")
-        before = request_counts()
+        before, cpu_before = request_counts(), plane_cpu()
         cpu0 = ctl.cpu_seconds()
         t0 = now()
         lr = load(args, f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body("tp-{i}", "t2s"), n)
@@ -574,17 +608,19 @@ def throughput(args, sizes, out):
         seen = wait_count(w, n, timeout)
         window = now() - t0
         writes = write_rates(before, request_counts(), window)
+        plane = cpu_used(cpu_before, plane_cpu(), window, seen)
         w.close()
         r = {"created": seen, "seconds": max(w.added.values()) - t0, "post_seconds": t_posted - t0,
              "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "controller_rss_mb": ctl.rss_mb(),
              "loader": loader_summary(lr), "apiserver_writes": writes,
-             "apiserver_writes_per_second": sum(x["count"] for x in writes) / window}
+             "apiserver_writes_per_second": sum(x["count"] for x in writes) / window, "plane_cpu": plane}
         r["rate"] = seen / r["seconds"]
         r["series"] = sorted(t - t0 for t in w.added.values())
         res["runplane"] = r
         print(f"  runplane: {seen} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
               f"(controller CPU {r['controller_cpu_seconds']:.1f}s; {loader_note(lr)})", flush=True)
         print(f"    meanwhile {writes_note(writes, window)}", flush=True)
+        print(f"    cores used (CPU per task): {cpu_note(plane)}", flush=True)
     finally:
         ctl.stop()
 
@@ -628,19 +664,23 @@ def jobs(args, ns, count, label, timeout):
                      "template": {"metadata": {"labels": {"bench-job": label},
                                                "annotations": {"e2e.runplane.dev/duration": "2s"}},
                                   "spec": equivalent_pod("job-{i}", "2s")["spec"]}}}
+    cpu_before = plane_cpu()
     t0 = now()
     lr = load(args, f"/apis/batch/v1/namespaces/{ns}/jobs", body, count)
     t_posted = now()
     seen = wait_count(w, count, timeout)
+    plane = cpu_used(cpu_before, plane_cpu(), now() - t0, seen)
     w.close()
     r = {"tasks": count, "created": seen, "seconds": (max(w.added.values()) - t0) if w.added else None,
-         "post_seconds": t_posted - t0, "complete": seen == count, "loader": loader_summary(lr)}
+         "post_seconds": t_posted - t0, "complete": seen == count, "loader": loader_summary(lr),
+         "plane_cpu": plane}
     if seen < count:
         r["seconds"] = now() - t0
     r["rate"] = seen / r["seconds"]
     r["series"] = sorted(t - t0 for t in w.added.values())
     print(f"  Job controller ({label}): {seen}/{count} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
           f"({loader_note(lr)})", flush=True)
+    print(f"    cores used (CPU per Job): {cpu_note(plane)}", flush=True)
     return r
 
 
@@ -970,7 +1010,7 @@ def backlog(args, sizes, out):
         pass_before = ctl.histogram("runplane_admission_pass_seconds")
         w = PodWatch("runplane.dev/task")
         t0 = now()
-        cpu0 = ctl.cpu_seconds()
+        cpu0, plane0 = ctl.cpu_seconds(), plane_cpu()
         # One loader run, in this order: the accounts and durations interleave.
         lr = load(args, items=[(f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body(name, b)) for ns, name, b in work],
                   times=True)
@@ -993,6 +1033,7 @@ def backlog(args, sizes, out):
         catch_up = now() - t_all_finished
         w.close()
         cpu = ctl.cpu_seconds() - cpu0
+        plane = cpu_used(plane0, plane_cpu(), now() - t0, len(w.finished))
         rss_peak = max(v for _, v in rss) if rss else ctl.rss_mb()
         time.sleep(4)  # the last charges and events
         after, lat_after = request_counts(latency=True)
@@ -1038,7 +1079,7 @@ def backlog(args, sizes, out):
            "end_to_release_p50_ms": release_lag[len(release_lag) // 2] * 1000 if release_lag else None,
            "end_to_release_p99_ms": release_lag[min(len(release_lag) - 1, int(0.99 * len(release_lag)))] * 1000
            if release_lag else None,
-           "controller_cpu_seconds": cpu, "controller_rss_peak_mb": rss_peak, "samples": samples, "rss": rss,
+           "controller_cpu_seconds": cpu, "plane_cpu": plane, "controller_rss_peak_mb": rss_peak, "samples": samples, "rss": rss,
            "writes": rows, "writes_per_task": total / n, "events_by_reporter": by_reporter,
            "runplane_events": reasons,
            # What a gap is made of: the controller's admission passes (their
@@ -1063,6 +1104,7 @@ def backlog(args, sizes, out):
           f"{makespan or 0:.1f}s; freed GPU -> next pod: p50 {ms(res['freed_to_next_p50_ms'])}, p90 "
           f"{ms(res['freed_to_next_p90_ms'])}, p99 {ms(res['freed_to_next_p99_ms'])} ({len(gaps)} gaps; "
           f"{rp['unpaired_starts']} starts the replay had no open slot for)", flush=True)
+    print(f"  cores used (CPU per finished task): {cpu_note(plane)}", flush=True)
     print(f"  controller CPU {cpu:.1f}s, RSS peak {rss_peak:.1f} MB; runplane writes {total / n:.2f} per task "
           f"(" + ", ".join(f"{r['verb']} {r['resource']} {r['per_task']:.2f}" for r in rows) + ")", flush=True)
     print("  runplane's events: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"),
