@@ -838,7 +838,41 @@ def writes_per_task(args, sizes, out):
         if i:
             fresh_cluster()
         res["runs"].append(writes_run(args, sizes["writes"], ns, label, extra, out))
+    res["write_costs"] = write_costs(args, sizes["writes"])
     return res
+
+
+def write_costs(args, n):
+    """What one write of each kind costs the apiserver in CPU: n of each, 16
+    at a time, with no controller running, the apiserver's CPU seconds
+    before and after each kind. A ConfigMap for comparison with GpuTasks:
+    their creates, their status merge patches (a status as the controller
+    writes it) and their metadata patches."""
+    ns = "bench-write-costs"
+    ensure_namespace(ns)
+    tasks = f"/apis/{GROUP}/namespaces/{ns}/gputasks"
+    status = {"status": {**FINISHED_STATUS, "account": "a", "attempts": 1, "gpus": 1, "podName": "p",
+                         "message": "the task completed", "observedGeneration": 1}}
+    kinds = [
+        ("create configmaps", lambda i: api("POST", f"/api/v1/namespaces/{ns}/configmaps",
+                                            {"metadata": {"name": f"c-{i}"}, "data": {"k": "v"}})),
+        ("patch configmaps", lambda i: api("PATCH", f"/api/v1/namespaces/{ns}/configmaps/c-{i}",
+                                           {"data": {"k": f"v{i}"}}, ctype="application/merge-patch+json")),
+        ("create gputasks", lambda i: api("POST", tasks, task_body(f"w-{i}", "t"))),
+        ("patch gputasks/status", lambda i: api("PATCH", f"{tasks}/w-{i}/status", status,
+                                                ctype="application/merge-patch+json")),
+        ("patch gputasks", lambda i: api("PATCH", f"{tasks}/w-{i}", {"metadata": {"labels": {"k": f"v{i}"}}},
+                                         ctype="application/merge-patch+json")),
+    ]
+    out = {}
+    for kind, fn in kinds:
+        before, t = plane_cpu().get("kube-apiserver", 0.0), now()
+        parallel(fn, range(n), 16)
+        used = plane_cpu().get("kube-apiserver", 0.0) - before
+        out[kind] = {"requests": n, "seconds": now() - t, "apiserver_cpu_ms": 1000 * used / n}
+    print("  apiserver CPU per write: " + ", ".join(f"{k} {v['apiserver_cpu_ms']:.1f} ms" for k, v in out.items()),
+          flush=True)
+    return out
 
 
 def writes_run(args, n, ns, label, extra, out):
