@@ -11,8 +11,8 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use runplane::resources::{GpuTask, TaskPhase, WaitReason, codes};
 use serde_json::json;
@@ -293,6 +293,47 @@ async fn gpu_quota_flag_caps_gpus_below_what_the_nodes_offer() {
     let text = controller.metrics().await;
     assert_eq!(metric(&text, "runplane_gpu_quota", &[("resource", "nvidia.com/gpu")]), Some(quota as f64), "{text}");
     tenant.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_gpu_quota_follows_a_node_change_at_once() {
+    let _cluster = serial();
+    sweep().await;
+    // A node of its own GPU resource, which nothing else counts or uses; no
+    // kwok annotation, so its status is what this test writes, and no room
+    // for pods ("pods" is not allocatable).
+    let nodes: Api<Node> = Api::all(client().await);
+    let name = "quota-probe";
+    let resource = "example.com/probe-gpu";
+    let _ = nodes.delete(name, &DeleteParams::default()).await;
+    let node = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})).unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let offer = |gpus: i64| {
+        let nodes = nodes.clone();
+        async move {
+            let now = jiff::Timestamp::now().to_string();
+            let status = json!({"status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Probe", "message": "test node",
+                                "lastHeartbeatTime": now, "lastTransitionTime": now}],
+                "capacity": {resource: gpus.to_string()}, "allocatable": {resource: gpus.to_string()}}});
+            nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+        }
+    };
+    offer(4).await;
+    let controller = Controller::start(&[]).await;
+    let quota = |want: f64| {
+        let controller = &controller;
+        async move {
+            let text = controller.metrics().await;
+            (metric(&text, "runplane_gpu_quota", &[("resource", resource)]) == Some(want)).then_some(())
+        }
+    };
+    wait_for("the probe node's 4 GPUs in the quota", MINUTE, || quota(4.0)).await;
+    // Admission rebuilds everything once a minute; a node's change must not
+    // wait for that.
+    offer(6).await;
+    wait_for("the probe node's 6 GPUs in the quota", Duration::from_secs(20), || quota(6.0)).await;
+    nodes.delete(name, &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test]

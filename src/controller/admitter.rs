@@ -13,6 +13,7 @@
 //! process did.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,8 @@ pub struct Admitter {
     templates: super::templates::Written,
     owners: Owners,
     specs: Specs,
+    /// The GPU quota by resource, counted again when a node changes.
+    quota: BTreeMap<String, i64>,
     /// Per account, the per-run prices that its credits kept from starting
     /// on the last pass; when that changes, its queued tasks' reasons are
     /// checked again.
@@ -137,6 +140,7 @@ impl Admitter {
             templates: Default::default(),
             owners: BTreeMap::new(),
             specs: Default::default(),
+            quota: BTreeMap::new(),
             credit_blocked: BTreeMap::new(),
             last_full: None,
             last_phase_counts: None,
@@ -176,10 +180,16 @@ impl Admitter {
             self.inflight.remove(&pod);
             failed.push(task);
         }
-        let specs = specs(&ctx);
-        let full = relisted || specs != self.specs || self.last_full.is_none_or(|t| t.elapsed() >= FULL_PASS_EVERY);
+        let mut full = relisted || self.last_full.is_none_or(|t| t.elapsed() >= FULL_PASS_EVERY);
+        // Accounts and templates are compared only after one of them changed.
+        if self.dirty.specs.swap(false, Ordering::SeqCst) || self.last_full.is_none() {
+            let specs = specs(&ctx);
+            if specs != self.specs {
+                self.specs = specs;
+                full = true;
+            }
+        }
         let changed_pods: Vec<Arc<Pod>> = if full {
-            self.specs = specs;
             self.owners = caches.accounts_by_namespace();
             self.last_full = Some(Instant::now());
             self.queue = Queue::default();
@@ -232,7 +242,11 @@ impl Admitter {
         }
 
         // Capacity in use, from the pods that hold it and the pods created but not yet seen.
-        let mut cluster = ClusterUsage { quota: self.quota(&caches.nodes.state()), in_use: BTreeMap::new() };
+        let nodes_changed = self.dirty.nodes.swap(false, Ordering::SeqCst);
+        if full || nodes_changed {
+            self.quota = self.quota(&caches.nodes.state());
+        }
+        let mut cluster = ClusterUsage { quota: self.quota.clone(), in_use: BTreeMap::new() };
         let mut running: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new(); // account → (pods, gpus, per-run reserved)
         for used in self.pods.values() {
             add_usage(&mut running, &mut cluster, &used.account, &used.gpus, used.per_run);

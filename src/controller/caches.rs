@@ -71,6 +71,12 @@ pub struct Dirty {
     pods: Changed,
     /// Tasks that changed since the webhook deliverer last looked.
     pub deliveries: Changed,
+    /// An account or template changed (or was relisted) since admission
+    /// last compared their specs.
+    pub specs: AtomicBool,
+    /// A node changed (or the nodes were relisted) since admission last
+    /// counted the GPU quota.
+    pub nodes: AtomicBool,
 }
 
 /// What changed: tasks, pods (as namespace/name), and whether a cache was relisted.
@@ -88,10 +94,14 @@ impl Dirty {
 /// One of [`Dirty`]'s sets, that a reflector records its changes in.
 type DirtySet = fn(&Dirty) -> &Changed;
 
+/// One of [`Dirty`]'s flags, that a reflector raises on every change.
+type DirtyFlag = fn(&Dirty) -> &AtomicBool;
+
 /// What a reflector does with each event besides storing it.
 struct Hooks<K> {
     forward: Forward<K>,
     dirty: Option<(Arc<Dirty>, Vec<DirtySet>)>,
+    flag: Option<(Arc<Dirty>, DirtyFlag)>,
 }
 
 fn trim<K: Resource>(obj: &mut K) {
@@ -155,6 +165,7 @@ pub fn start(
     let hooks = Hooks {
         forward: Some((task_tx, active.clone())),
         dirty: Some((dirty.clone(), vec![|d| &d.tasks, |d| &d.deliveries])),
+        flag: None,
     };
     handles.push(drive("gputasks", stream, changed.clone(), hooks));
 
@@ -165,7 +176,8 @@ pub fn start(
             .default_backoff()
             .modify(trim_pod)
             .reflect(writer);
-    let hooks = Hooks { forward: Some((pod_tx, active.clone())), dirty: Some((dirty, vec![|d| &d.pods])) };
+    let hooks =
+        Hooks { forward: Some((pod_tx, active.clone())), dirty: Some((dirty.clone(), vec![|d| &d.pods])), flag: None };
     handles.push(drive("pods", stream, changed.clone(), hooks));
 
     let (accounts, writer) = reflector::store::<GpuAccount>();
@@ -173,14 +185,16 @@ pub fn start(
         .default_backoff()
         .modify(trim)
         .reflect(writer);
-    handles.push(drive("gpuaccounts", stream, changed.clone(), Hooks { forward: None, dirty: None }));
+    let hooks = Hooks { forward: None, dirty: None, flag: Some((dirty.clone(), |d| &d.specs)) };
+    handles.push(drive("gpuaccounts", stream, changed.clone(), hooks));
 
     let (templates, writer) = reflector::store::<GpuTemplate>();
     let stream = watcher(Api::<GpuTemplate>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(trim)
         .reflect(writer);
-    handles.push(drive("gputemplates", stream, changed.clone(), Hooks { forward: None, dirty: None }));
+    let hooks = Hooks { forward: None, dirty: None, flag: Some((dirty.clone(), |d| &d.specs)) };
+    handles.push(drive("gputemplates", stream, changed.clone(), hooks));
 
     let (nodes, writer) = reflector::store::<Node>();
     let stream = watcher(Api::<Node>::all(client), watcher::Config::default().any_semantic())
@@ -192,7 +206,12 @@ pub fn start(
             }
         })
         .reflect(writer);
-    handles.push(drive("nodes", stream, changed, Hooks { forward: None, dirty: None }));
+    handles.push(drive(
+        "nodes",
+        stream,
+        changed,
+        Hooks { forward: None, dirty: None, flag: Some((dirty, |d| &d.nodes)) },
+    ));
 
     (Caches { tasks, pods, accounts, templates, nodes }, Triggers { tasks: task_rx, pods: pod_rx, active }, handles)
 }
@@ -222,6 +241,14 @@ where
                                 watcher::Event::Init | watcher::Event::InitApply(_) => {}
                             }
                         }
+                    }
+                    if let Some((dirty, flag)) = &hooks.flag
+                        && matches!(
+                            &event,
+                            watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone
+                        )
+                    {
+                        flag(dirty).store(true, Ordering::SeqCst);
                     }
                     changed.notify_one();
                 }
