@@ -286,8 +286,10 @@ impl Deliverer {
             let Some(event) = webhook::event_for(&task) else { continue };
             let Some(url) = destination(&self.ctx, &task) else { continue };
             let uid = task.metadata.uid.clone().unwrap_or_default();
-            live.insert(uid.clone());
-            // Every task from here on owes a delivery, unless settled below.
+            if full {
+                live.insert(uid.clone());
+            }
+            // Goes into `owing` below unless the delivery is settled.
             let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
             let current = task.status.as_ref().and_then(|s| s.webhook.clone());
             let work = match self.memory.plan(&uid, current.as_ref(), now) {
