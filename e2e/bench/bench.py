@@ -566,25 +566,13 @@ def throughput(args, sizes, out):
     # (a) raw pod creates
     ns = "bench-raw"
     ensure_namespace(ns)
-    w = PodWatch("bench=raw")
-    before, cpu_before = request_counts(), plane_cpu()
-    t0 = now()
-    lr = load(args, f"/api/v1/namespaces/{ns}/pods", equivalent_pod("raw-{i}", "2s"), n)
-    t_posted = now()
-    seen = wait_count(w, n, timeout)
-    window = now() - t0
-    writes = write_rates(before, request_counts(), window)
-    plane = cpu_used(cpu_before, plane_cpu(), window, seen)
-    w.close()
-    res["raw"] = {"created": seen, "seconds": max(w.added.values()) - t0,
-                  "post_seconds": t_posted - t0, "loader": loader_summary(lr), "apiserver_writes": writes,
-                  "apiserver_writes_per_second": sum(x["count"] for x in writes) / window, "plane_cpu": plane}
-    res["raw"]["rate"] = seen / res["raw"]["seconds"]
-    res["raw"]["series"] = sorted(t - t0 for t in w.added.values())
-    print(f"  raw pod creates: {seen} pods in {res['raw']['seconds']:.2f}s = {res['raw']['rate']:.1f}/s "
-          f"({loader_note(lr)})", flush=True)
-    print(f"    meanwhile {writes_note(writes, window)}", flush=True)
-    print(f"    cores used (CPU per pod): {cpu_note(plane)}", flush=True)
+    r, lr = creates_to_pods(args, f"/api/v1/namespaces/{ns}/pods", equivalent_pod("raw-{i}", "2s"), n, "bench=raw",
+                            timeout)
+    res["raw"] = r
+    print(f"  raw pod creates: {r['created']} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s ({loader_note(lr)})",
+          flush=True)
+    print(f"    meanwhile {writes_note(r['apiserver_writes'], r['window_seconds'])}", flush=True)
+    print(f"    cores used (CPU per pod): {cpu_note(r['plane_cpu'])}", flush=True)
 
     # (b) the Job controller, as the cluster runs it
     fresh("job_raised_qps")
@@ -599,28 +587,15 @@ def throughput(args, sizes, out):
     ctl = Controller(args.runplane, out, "throughput")
     try:
         time.sleep(2)
-        w = PodWatch("runplane.dev/task")
-        before, cpu_before = request_counts(), plane_cpu()
         cpu0 = ctl.cpu_seconds()
-        t0 = now()
-        lr = load(args, f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body("tp-{i}", "t2s"), n)
-        t_posted = now()
-        seen = wait_count(w, n, timeout)
-        window = now() - t0
-        writes = write_rates(before, request_counts(), window)
-        plane = cpu_used(cpu_before, plane_cpu(), window, seen)
-        w.close()
-        r = {"created": seen, "seconds": max(w.added.values()) - t0, "post_seconds": t_posted - t0,
-             "controller_cpu_seconds": ctl.cpu_seconds() - cpu0, "controller_rss_mb": ctl.rss_mb(),
-             "loader": loader_summary(lr), "apiserver_writes": writes,
-             "apiserver_writes_per_second": sum(x["count"] for x in writes) / window, "plane_cpu": plane}
-        r["rate"] = seen / r["seconds"]
-        r["series"] = sorted(t - t0 for t in w.added.values())
+        r, lr = creates_to_pods(args, f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body("tp-{i}", "t2s"), n,
+                                "runplane.dev/task", timeout)
+        r["controller_cpu_seconds"], r["controller_rss_mb"] = ctl.cpu_seconds() - cpu0, ctl.rss_mb()
         res["runplane"] = r
-        print(f"  runplane: {seen} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
+        print(f"  runplane: {r['created']} pods in {r['seconds']:.2f}s = {r['rate']:.1f}/s "
               f"(controller CPU {r['controller_cpu_seconds']:.1f}s; {loader_note(lr)})", flush=True)
-        print(f"    meanwhile {writes_note(writes, window)}", flush=True)
-        print(f"    cores used (CPU per task): {cpu_note(plane)}", flush=True)
+        print(f"    meanwhile {writes_note(r['apiserver_writes'], r['window_seconds'])}", flush=True)
+        print(f"    cores used (CPU per task): {cpu_note(r['plane_cpu'])}", flush=True)
     finally:
         ctl.stop()
 
@@ -652,6 +627,29 @@ def throughput(args, sizes, out):
     print(f"  a different measurement: runplane's own pod creates from a standing backlog ÷ raw pod creates = "
           f"{fmt(res['ratio_runplane_backlog_raw'])}", flush=True)
     return res
+
+
+def creates_to_pods(args, path, body, n, selector, timeout):
+    """(a) and (c): n objects created by the loader, timed from the first
+    create to the last of their pods seen in a watch on `selector`, with
+    every write the apiserver took and the CPU the plane used meanwhile.
+    Returns the path's figures and the loader's report."""
+    w = PodWatch(selector)
+    before, cpu_before = request_counts(), plane_cpu()
+    t0 = now()
+    lr = load(args, path, body, n)
+    t_posted = now()
+    seen = wait_count(w, n, timeout)
+    window = now() - t0
+    writes = write_rates(before, request_counts(), window)
+    plane = cpu_used(cpu_before, plane_cpu(), window, seen)
+    w.close()
+    r = {"created": seen, "seconds": max(w.added.values()) - t0, "post_seconds": t_posted - t0,
+         "loader": loader_summary(lr), "apiserver_writes": writes, "window_seconds": window,
+         "apiserver_writes_per_second": sum(x["count"] for x in writes) / window, "plane_cpu": plane}
+    r["rate"] = seen / r["seconds"]
+    r["series"] = sorted(t - t0 for t in w.added.values())
+    return r, lr
 
 
 def jobs(args, ns, count, label, timeout):
