@@ -521,6 +521,18 @@ def request_counts(latency=False):
     return (out, lat) if latency else out
 
 
+def podgc_deletes():
+    """The pods the controller-manager's pod GC has deleted (its
+    pod_gc_collector_force_delete_pods_total): past
+    --terminated-pod-gc-threshold (12,500 by default) finished pods it
+    deletes the oldest. Pod deletes, but not runplane's."""
+    port = int(os.environ.get("RUNPLANE_E2E_CONTROLLER_MANAGER_PORT", "27257"))
+    s = plain()
+    s.cert = (os.path.join(PKI, "admin.crt"), os.path.join(PKI, "admin.key"))
+    text = s.get(f"https://127.0.0.1:{port}/metrics", verify=False, timeout=30).text
+    return sum(v for _, _, v in samples_of(text, ("pod_gc_collector_force_delete_pods_total",)))
+
+
 def mean_latency_ms(before, after, key):
     """Mean apiserver latency (ms) of the requests of `key` between two snapshots."""
     b, a = before.get(key, [0.0, 0.0]), after.get(key, [0.0, 0.0])
@@ -762,12 +774,13 @@ def standing_backlog(args, ctl, n, timeout):
 WRITE_VERBS = ("create", "update", "patch", "delete", "apply", "deletecollection")
 
 
-def runplane_writes(before, after, n, harness_creates, other_events):
+def runplane_writes(before, after, n, harness_creates, other_events, podgc=0):
     """The writes only runplane makes, from two apiserver_request_total
     snapshots: runplane.dev resources (less the harness's own GpuTask
     creates), pods without subresource (the scheduler binds through
-    pods/binding, kwok writes pods/status), and events (less those of other
-    reporters). Returns (rows, total, every write delta)."""
+    pods/binding, kwok writes pods/status; less the pod GC's deletes), and
+    events (less those of other reporters). Returns (rows, total, every
+    write delta)."""
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
     delta = {k: v for k, v in delta.items() if v > 0}
     rows = []
@@ -786,6 +799,8 @@ def runplane_writes(before, after, n, harness_creates, other_events):
                  note=f"minus the harness's {harness_creates} create requests")
         elif group == "runplane.dev":
             take(verb, group, resource, sub)
+        elif group == "" and resource == "pods" and sub == "" and verb == "delete" and podgc:
+            take(verb, group, resource, sub, minus=podgc, note=f"minus the pod GC's {podgc:.0f}")
         elif group == "" and resource == "pods" and sub == "":
             take(verb, group, resource, sub)
         elif group == "events.k8s.io" and resource == "events" and verb == "create":
@@ -1039,6 +1054,7 @@ def backlog(args, sizes, out):
     try:
         time.sleep(2)
         before, lat_before = request_counts(latency=True)
+        podgc_before = podgc_deletes()
         pass_before = ctl.histogram("runplane_admission_pass_seconds")
         w = PodWatch("runplane.dev/task")
         t0 = now()
@@ -1069,6 +1085,7 @@ def backlog(args, sizes, out):
         rss_peak = max(v for _, v in rss) if rss else ctl.rss_mb()
         time.sleep(4)  # the last charges and events
         after, lat_after = request_counts(latency=True)
+        podgc = podgc_deletes() - podgc_before
         pass_after = ctl.histogram("runplane_admission_pass_seconds")
     finally:
         ctl.stop()
@@ -1088,7 +1105,7 @@ def backlog(args, sizes, out):
     # controller writes for a task that waits.
     by_reporter, reasons = events_by_reporter(namespaces)
     other_events = sum(v for r, v in by_reporter.items() if r != RUNPLANE_REPORTER)
-    rows, total, _ = runplane_writes(before, after, n, lr["create_requests"], other_events)
+    rows, total, _ = runplane_writes(before, after, n, lr["create_requests"], other_events, podgc)
     res = {"tasks": n, "accounts": n_acc, "quota_gpus": quota, "gpu_seconds_demand": gpu_seconds,
            "run_seconds": list(durations.values()),
            "concurrency_limit_sum": sum(limit_of.values()), "tasks_per_account": {
@@ -1113,7 +1130,7 @@ def backlog(args, sizes, out):
            if release_lag else None,
            "controller_cpu_seconds": cpu, "plane_cpu": plane, "controller_rss_peak_mb": rss_peak, "samples": samples, "rss": rss,
            "writes": rows, "writes_per_task": total / n, "events_by_reporter": by_reporter,
-           "runplane_events": reasons,
+           "runplane_events": reasons, "podgc_deletes": podgc,
            # What a gap is made of: the controller's admission passes (their
            # whole time, the pod creates they wait for included), and how
            # long the apiserver took per write meanwhile.
