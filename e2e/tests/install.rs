@@ -599,6 +599,7 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remove_log_unless_failed(&self.log);
     }
 }
 

@@ -230,6 +230,17 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.kill9();
+        remove_log_unless_failed(&self.log);
+    }
+}
+
+/// A test's process log goes with the test when it passed; a failed test
+/// leaves it for a look and says where it is.
+pub fn remove_log_unless_failed(log: &Path) {
+    if std::thread::panicking() {
+        eprintln!("log kept: {}", log.display());
+    } else {
+        let _ = std::fs::remove_file(log);
     }
 }
 
@@ -733,5 +744,6 @@ impl Drop for Receiver {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.fail_flag);
+        remove_log_unless_failed(&self.log);
     }
 }
