@@ -518,8 +518,12 @@ impl Admitter {
             let used = decision.cluster.in_use.get(resource).copied().unwrap_or(0);
             ctx.metrics.gpus_in_use.with_label_values(&[resource.as_str()]).set(used);
         }
-        // Counting every task by phase walks the whole cache: not on every pass.
-        if self.last_phase_counts.is_none_or(|t| t.elapsed() >= PHASE_COUNTS_EVERY) {
+        // Counting every task by phase walks the whole cache: not on every
+        // pass, and not while no task changes (most of them finished, kept
+        // for their TTL).
+        if self.last_phase_counts.is_none_or(|t| t.elapsed() >= PHASE_COUNTS_EVERY)
+            && self.dirty.phases.swap(false, Ordering::SeqCst)
+        {
             self.last_phase_counts = Some(Instant::now());
             let mut phases: BTreeMap<TaskPhase, i64> = BTreeMap::new();
             for task in ctx.caches.tasks.state() {

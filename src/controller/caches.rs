@@ -77,6 +77,9 @@ pub struct Dirty {
     /// A node changed (or the nodes were relisted) since admission last
     /// counted the GPU quota.
     pub nodes: AtomicBool,
+    /// A task changed (or the tasks were relisted) since the tasks were
+    /// last counted by phase for the metrics.
+    pub phases: AtomicBool,
 }
 
 /// What changed: tasks, pods (as namespace/name), and whether a cache was relisted.
@@ -165,7 +168,7 @@ pub fn start(
     let hooks = Hooks {
         forward: Some((task_tx, active.clone())),
         dirty: Some((dirty.clone(), vec![|d| &d.tasks, |d| &d.deliveries])),
-        flag: None,
+        flag: Some((dirty.clone(), |d| &d.phases)),
     };
     handles.push(drive("gputasks", stream, changed.clone(), hooks));
 
