@@ -41,6 +41,15 @@ fn trim<K: Resource>(obj: &mut K) {
     }
 }
 
+/// The gateway answers from a task's spec and status fields, never from
+/// its conditions (the story `kubectl describe` tells): they go.
+fn trim_task(task: &mut GpuTask) {
+    trim(task);
+    if let Some(status) = task.status.as_mut() {
+        status.conditions = Vec::new();
+    }
+}
+
 /// Starts the reflectors; key Secrets are watched in `key_namespace` only.
 pub fn start(client: Client, key_namespace: &str) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
     let (changes_tx, task_changes) = watch::channel(0u64);
@@ -53,7 +62,7 @@ pub fn start(client: Client, key_namespace: &str) -> (Caches, Vec<tokio::task::J
     let (tasks, writer) = reflector::store::<GpuTask>();
     let stream = watcher(Api::<GpuTask>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(trim)
+        .modify(trim_task)
         .reflect(writer);
     let index = task_index.clone();
     handles.push(drive("gputasks", stream, move |event| {
