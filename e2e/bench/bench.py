@@ -384,12 +384,14 @@ class Child:
         self.log = open(os.path.join(out, f"{log}.log"), "w")
         self.proc = subprocess.Popen([binary, *args], stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "RUST_LOG": "warn"})
-        deadline = now() + timeout
+        started = now()
+        deadline = started + timeout
         while now() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the {what} exited; see {self.log.name}")
             try:
                 if plain().get(ready_url, timeout=2).status_code == 200:
+                    self.ready_seconds = now() - started
                     return
             except requests.RequestException:
                 pass
@@ -419,6 +421,25 @@ class Controller(Child):
         super().__init__(binary, ["controller", "--kubeconfig", KUBECONFIG, "--leader-election=false",
                                   "--metrics-addr", f"127.0.0.1:{self.metrics}", *plan_flags(), *extra],
                          out, f"controller-{name}", f"http://127.0.0.1:{self.metrics}/readyz", 120, "controller")
+
+    def counter(self, name):
+        """The value of one of the controller's counters, now."""
+        text = plain().get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=10).text
+        return sum(v for _, _, v in samples_of(text, (name,)))
+
+    def settle(self, tasks, timeout=300):
+        """Waits until the controller has reconciled each of `tasks` once
+        (it looks at every task when it starts) and then one more second
+        without a reconcile. Returns the seconds it took."""
+        t = now()
+        last = -1.0
+        while now() < t + timeout:
+            n = self.counter("runplane_reconcile_total")
+            if n >= tasks and n == last:
+                break
+            last = n
+            time.sleep(1)
+        return now() - t
 
     def histogram(self, name):
         """(sum, count) of one of the controller's histograms, now."""
@@ -1269,13 +1290,19 @@ def memory(args, sizes, out):
         # (which caches every task too, for its reads).
         ctl = Controller(args.runplane, out, f"memory-{label}")
         try:
+            # At rest: after the first look at every task that a start makes.
+            cpu_ready = ctl.cpu_seconds()
+            settle = ctl.settle(tasks)
+            settle_cpu = ctl.cpu_seconds() - cpu_ready
             rss, cpu = peak(ctl)
-            point = {"tasks": tasks, "rss_mb": rss, "idle_cpu_share": cpu}
+            point = {"tasks": tasks, "rss_mb": rss, "idle_cpu_share": cpu, "ready_seconds": ctl.ready_seconds,
+                     "settle_seconds": settle, "settle_cpu_seconds": settle_cpu}
         finally:
             ctl.stop()
         gw = Gateway(args.runplane, out, f"memory-{label}", "bench-mem-keys")
         try:
             point["gateway_rss_mb"], point["gateway_idle_cpu_share"] = peak(gw)
+            point["gateway_ready_seconds"] = gw.ready_seconds
         finally:
             gw.stop()
         return point
@@ -1311,8 +1338,11 @@ def memory(args, sizes, out):
         p["loader_queued"] = lq and loader_summary(lq)
         res["points"].append(p)
         print(f"  {target} tasks ({queued} queued): controller {p['rss_mb']:.1f} MB, "
-              f"{100 * p['idle_cpu_share']:.1f}% of a core at rest; gateway {p['gateway_rss_mb']:.1f} MB, "
-              f"{100 * p['gateway_idle_cpu_share']:.1f}% (the new finished tasks written to etcd in "
+              f"{100 * p['idle_cpu_share']:.1f}% of a core at rest, ready in {p['ready_seconds']:.1f}s and "
+              f"through its first look at every task {p['settle_seconds']:.1f}s later "
+              f"({p['settle_cpu_seconds']:.1f} CPU-s); gateway "
+              f"{p['gateway_rss_mb']:.1f} MB, {100 * p['gateway_idle_cpu_share']:.1f}%, ready in "
+              f"{p['gateway_ready_seconds']:.1f}s (the new finished tasks written to etcd in "
               f"{seed_seconds:.1f}s, all new ones in {create_seconds:.1f}s)", flush=True)
     base = res["points"][0]
     for p in res["points"][1:]:
