@@ -422,10 +422,12 @@ class Controller(Child):
                                   "--metrics-addr", f"127.0.0.1:{self.metrics}", *plan_flags(), *extra],
                          out, f"controller-{name}", f"http://127.0.0.1:{self.metrics}/readyz", 120, "controller")
 
+    def metrics_text(self):
+        return plain().get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=10).text
+
     def counter(self, name):
         """The value of one of the controller's counters, now."""
-        text = plain().get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=10).text
-        return sum(v for _, _, v in samples_of(text, (name,)))
+        return sum(v for _, _, v in samples_of(self.metrics_text(), (name,)))
 
     def settle(self, tasks, timeout=300):
         """Waits until the controller has reconciled each of `tasks` once
@@ -443,8 +445,7 @@ class Controller(Child):
 
     def histogram(self, name):
         """(sum, count) of one of the controller's histograms, now."""
-        text = plain().get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=10).text
-        got = {n: v for n, _, v in samples_of(text, (f"{name}_sum", f"{name}_count"))}
+        got = {n: v for n, _, v in samples_of(self.metrics_text(), (f"{name}_sum", f"{name}_count"))}
         return got.get(f"{name}_sum", 0.0), got.get(f"{name}_count", 0.0)
 
 
