@@ -329,10 +329,12 @@ class PodWatch:
 # controller process
 # ---------------------------------------------------------------------------
 
-def proc_rss_mb(pid):
+def proc_rss_mb(pid, field="VmRSS"):
+    """A process's resident memory now (VmRSS), or the most it has had
+    (VmHWM), in MB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return None
 
@@ -400,6 +402,9 @@ class Child:
 
     def rss_mb(self):
         return proc_rss_mb(self.proc.pid)
+
+    def peak_rss_mb(self):
+        return proc_rss_mb(self.proc.pid, "VmHWM")
 
     def cpu_seconds(self):
         return proc_cpu_seconds(self.proc.pid)
@@ -1297,13 +1302,16 @@ def memory(args, sizes, out):
             settle_cpu = ctl.cpu_seconds() - cpu_ready
             rss, cpu = peak(ctl)
             point = {"tasks": tasks, "rss_mb": rss, "idle_cpu_share": cpu, "ready_seconds": ctl.ready_seconds,
-                     "settle_seconds": settle, "settle_cpu_seconds": settle_cpu}
+                     "settle_seconds": settle, "settle_cpu_seconds": settle_cpu,
+                     # The most it held, its first list of every task included.
+                     "peak_rss_mb": ctl.peak_rss_mb()}
         finally:
             ctl.stop()
         gw = Gateway(args.runplane, out, f"memory-{label}", "bench-mem-keys")
         try:
             point["gateway_rss_mb"], point["gateway_idle_cpu_share"] = peak(gw)
             point["gateway_ready_seconds"] = gw.ready_seconds
+            point["gateway_peak_rss_mb"] = gw.peak_rss_mb()
         finally:
             gw.stop()
         return point
@@ -1338,7 +1346,8 @@ def memory(args, sizes, out):
         p["seed_seconds"] = seed_seconds
         p["loader_queued"] = lq and loader_summary(lq)
         res["points"].append(p)
-        print(f"  {target} tasks ({queued} queued): controller {p['rss_mb']:.1f} MB, "
+        print(f"  {target} tasks ({queued} queued): controller {p['rss_mb']:.1f} MB (at most "
+              f"{p['peak_rss_mb']:.1f}, gateway {p['gateway_peak_rss_mb']:.1f}), "
               f"{100 * p['idle_cpu_share']:.1f}% of a core at rest, ready in {p['ready_seconds']:.1f}s and "
               f"through its first look at every task {p['settle_seconds']:.1f}s later "
               f"({p['settle_cpu_seconds']:.1f} CPU-s); gateway "
