@@ -597,6 +597,58 @@ async fn controller_killed_mid_run_loses_no_task_and_starts_no_pod_twice() {
     tenant.cleanup().await;
 }
 
+/// The controller-manager's pod GC deletes finished pods past a threshold
+/// (12,500 by default), whether or not runplane has recorded their end; a
+/// controller that trails (or is down) must still complete, charge and
+/// let go of the task from the pod its finalizer holds.
+#[tokio::test]
+async fn a_finished_pod_deleted_before_its_task_knew_still_completes_and_charges_it() {
+    let _cluster = serial();
+    sweep().await;
+    let mut controller = Controller::start(&[]).await;
+    let tenant = Tenant::new("podgc", "pro", 1000).await;
+    tenant.template("work", "2s", json!({"price": {"perRun": 10, "perGpuSecond": 1}})).await;
+    tenant.task("t", "work", json!({})).await;
+    let pods = tenant.pods();
+    wait_for("the task's pod", MINUTE, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("t").await.ok().flatten() }
+    })
+    .await;
+    controller.kill9();
+    wait_for("the pod to finish while no controller runs", MINUTE, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("t").await.ok()?;
+            (pod.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
+        }
+    })
+    .await;
+    assert!(!tenant.get("t").await.is_terminal(), "the task cannot know yet");
+    // What the pod GC sends: a delete with no grace period.
+    pods.delete("t", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
+    let held = pods.get("t").await.expect("runplane's finalizer holds the deleted pod");
+    assert!(held.metadata.deletion_timestamp.is_some());
+
+    controller.restart().await;
+    let t = tenant.wait_phase("t", TaskPhase::Completed, MINUTE).await;
+    let status = t.status.unwrap();
+    assert_eq!(status.output.unwrap()["result_url"], "https://cdn.example.com/work.png");
+    let credits = status.credits_used.unwrap();
+    assert!(credits > 10, "10 a run and 1 a GPU-second for what ran: {credits}");
+    wait_for("the pod to be let go and gone", MINUTE, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("t").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let account = wait_for("the charge", MINUTE, || async {
+        Some(tenant.account().await).filter(|a| a.credits_used() == credits)
+    })
+    .await;
+    assert_eq!(account.status.unwrap().recent_charges.len(), 1, "charged once");
+    tenant.cleanup().await;
+}
+
 #[tokio::test]
 async fn invalid_objects_are_rejected_at_apply_time() {
     let _cluster = serial();
