@@ -298,7 +298,7 @@ impl Caches {
         self.pod(&namespace, &recorded).filter(owned)
     }
 
-    /// The account that owns `namespace`, if exactly one lists it.
+    /// The name of the account that owns `namespace` (see [`Self::owner_of`]).
     pub fn account_of(&self, namespace: &str) -> Option<String> {
         self.owner_of(namespace).map(|a| a.name_any())
     }
