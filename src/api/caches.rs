@@ -114,6 +114,26 @@ pub fn start(client: Client, key_namespace: &str) -> (Caches, Vec<tokio::task::J
     (caches, handles)
 }
 
+/// Caches fed by hand, not by watches: for tests. Returns the task store's
+/// writer and the sender that announces task changes.
+#[cfg(test)]
+pub fn detached() -> (Caches, reflector::store::Writer<GpuTask>, watch::Sender<u64>) {
+    let (changes_tx, task_changes) = watch::channel(0u64);
+    let (tasks, task_writer) = reflector::store::<GpuTask>();
+    let caches = Caches {
+        tasks,
+        templates: reflector::store::<GpuTemplate>().0,
+        accounts: reflector::store::<GpuAccount>().0,
+        keys: reflector::store::<Secret>().0,
+        task_index: Arc::default(),
+        template_index: Arc::default(),
+        account_index: Arc::default(),
+        key_index: Arc::default(),
+        task_changes,
+    };
+    (caches, task_writer, changes_tx)
+}
+
 fn drive<S, T, F>(kind: &'static str, stream: S, on_event: F) -> tokio::task::JoinHandle<()>
 where
     S: Stream<Item = Result<watcher::Event<T>, watcher::Error>> + Send + 'static,

@@ -163,6 +163,43 @@ impl AppState {
             .cloned()
     }
 
+    /// Waits up to `timeout` for the cache to hold every task this replica
+    /// created lately in `namespaces`, so that a list or a count right after
+    /// a POST includes the task the POST made. A task the cache has shown is
+    /// no longer waited for, and neither is one that did not show up in time
+    /// (deleted at once, say): each costs a list at most one wait.
+    pub async fn wait_for_recent(&self, namespaces: &[String], timeout: Duration) {
+        let mut changes = self.caches.task_changes.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            let missing = {
+                let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+                let mut missing = false;
+                recent.retain(|(ns, name), at| {
+                    if at.elapsed() >= RECENT {
+                        return false;
+                    }
+                    if !namespaces.contains(ns) {
+                        return true;
+                    }
+                    let waiting = self.caches.tasks.get(&ObjectRef::new(name).within(ns)).is_none() && !timed_out;
+                    missing |= waiting;
+                    waiting
+                });
+                missing
+            };
+            if !missing {
+                return;
+            }
+            // On a timeout the next pass forgets what is still missing.
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline, changes.changed()).await {
+                return;
+            }
+        }
+    }
+
     /// Waits up to `timeout` for the cache to show the task in a state that
     /// satisfies `done`; returns it then, or None.
     pub async fn wait_for_task(
@@ -277,4 +314,59 @@ async fn shutdown() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher;
+
+    fn task(namespace: &str, name: &str) -> GpuTask {
+        wire::tests::task(namespace, name, 0, 0, None)
+    }
+
+    fn state() -> (AppState, kube::runtime::reflector::store::Writer<GpuTask>, tokio::sync::watch::Sender<u64>) {
+        let (caches, writer, changes) = caches::detached();
+        // Never connected to: these tests make no requests.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        (AppState::new(client, caches, None), writer, changes)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_waits_for_the_tasks_this_replica_just_created() {
+        let (state, mut writer, changes) = state();
+        let namespaces = vec!["team".to_string()];
+        state.remember_created("team", "t-1");
+        state.remember_created("elsewhere", "t-2");
+        let started = tokio::time::Instant::now();
+        let feed = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            writer.apply_watcher_event(&watcher::Event::Apply(task("team", "t-1")));
+            changes.send_modify(|n| *n += 1);
+            (writer, changes)
+        });
+        state.wait_for_recent(&namespaces, Duration::from_secs(5)).await;
+        // It returned when t-1 arrived, not at the timeout, and t-2 (another
+        // account's namespace) was not waited for.
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert!(state.caches.task(&namespaces, "t-1").is_some());
+        let (_writer, _changes) = feed.await.unwrap();
+        // Seen once, it is not looked for again.
+        assert!(state.recently_created(&namespaces, "t-1").is_none());
+        assert!(state.recently_created(&["elsewhere".to_string()], "t-2").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_never_shows_up_costs_one_wait() {
+        let (state, _writer, _changes) = state();
+        let namespaces = vec!["team".to_string()];
+        state.remember_created("team", "deleted-at-once");
+        let started = tokio::time::Instant::now();
+        state.wait_for_recent(&namespaces, Duration::from_secs(1)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        let again = tokio::time::Instant::now();
+        state.wait_for_recent(&namespaces, Duration::from_secs(1)).await;
+        assert_eq!(again.elapsed(), Duration::ZERO);
+    }
 }

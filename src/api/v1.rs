@@ -369,6 +369,7 @@ pub async fn list_tasks(
     };
     let template = query.template_id.as_deref().filter(|t| !t.is_empty());
     let filter = ListFilter { status, template };
+    state.wait_for_recent(&tenant.namespaces, Duration::from_secs(1)).await;
     let (keys, next) = state.caches.task_index.read().page(&tenant.namespaces, &filter, cursor.as_ref(), limit);
     let tasks = keys.iter().filter_map(|key| state.caches.task_at(key)).map(|t| view(&state, &tenant, &t)).collect();
     let list = TaskList { tasks, next_cursor: next.map(|c| c.encode()) };
@@ -390,6 +391,7 @@ pub async fn list_tasks(
     security(("api_key" = []))
 )]
 pub async fn account(State(state): State<AppState>, Extension(tenant): Extension<Tenant>) -> Result<Response> {
+    state.wait_for_recent(&tenant.namespaces, Duration::from_secs(1)).await;
     let (running, queued) = {
         let index = state.caches.task_index.read();
         (index.count(&tenant.namespaces, TaskStatus::Running), index.count(&tenant.namespaces, TaskStatus::Queued))
