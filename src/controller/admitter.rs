@@ -693,7 +693,7 @@ async fn write_queued(
             async move {
                 let api: Api<GpuTask> = Api::namespaced(ctx.client.clone(), &task.namespace().unwrap_or_default());
                 let key = TaskKey::new(task.namespace().unwrap_or_default(), task.name_any());
-                let written = match write_status(&api, &task, &next).await {
+                let written = match write_status(&ctx, &api, &task, &next).await {
                     Ok(_) => {
                         // A rejection is always an event; the first reason
                         // a task waits is a routine one, when transitions

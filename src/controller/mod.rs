@@ -14,6 +14,7 @@ mod admitter;
 mod caches;
 pub mod error;
 mod events;
+mod own_writes;
 mod server;
 mod tasks;
 mod templates;
@@ -88,6 +89,8 @@ pub struct Context {
     /// on a pod only when it creates it, so a released pod is never
     /// released again, whatever older version of it the cache still shows.
     pub released: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Task statuses this process wrote that the cache may not show yet.
+    pub own_writes: own_writes::OwnWrites,
 }
 
 /// How often every task is reconciled even if nothing changed.
@@ -139,6 +142,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         metrics,
         accounts,
         released: Default::default(),
+        own_writes: Default::default(),
     });
 
     let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone(), dirty.clone()).run(changed));

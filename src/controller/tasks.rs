@@ -35,7 +35,8 @@ pub fn error_policy(_task: Arc<GpuTask>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(Duration::from_secs(if error.category() == "conflict" { 1 } else { 5 }))
 }
 
-async fn reconcile_inner(task: &GpuTask, ctx: &Context) -> Result<Action> {
+async fn reconcile_inner(task: &Arc<GpuTask>, ctx: &Context) -> Result<Action> {
+    let task = &ctx.own_writes.fresher(task.clone());
     let namespace = task.namespace().unwrap_or_default();
     let pod = ctx.caches.current_pod(task);
     let max_retries = ctx.caches.template(&namespace, &task.spec.template_ref.name).map(|t| t.spec.max_retries);
@@ -64,7 +65,7 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
     // what the task says, and the pod's finalizer (released below, after
     // the charge) marks the charge as done.
     if let Some(status) = &plan.status {
-        write_status(&tasks, task, status).await?;
+        write_status(ctx, &tasks, task, status).await?;
         observe_transition(ctx, task, status);
     }
 
@@ -128,8 +129,9 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
 }
 
 /// Writes a task's whole status with server-side apply, only if the task is
-/// still at the version the decision was made from.
-pub async fn write_status(api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskStatus) -> Result<GpuTask> {
+/// still at the version the decision was made from, and records the write
+/// for reads until the cache shows it.
+pub async fn write_status(ctx: &Context, api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskStatus) -> Result<()> {
     // status.webhook belongs to the webhook deliverer's field manager.
     let status = GpuTaskStatus { webhook: None, ..status.clone() };
     let patch = json!({
@@ -139,7 +141,9 @@ pub async fn write_status(api: &Api<GpuTask>, task: &GpuTask, status: &GpuTaskSt
         "status": status,
     });
     let params = PatchParams::apply(managers::CONTROLLER).force();
-    Ok(api.patch_status(&task.name_any(), &params, &Patch::Apply(&patch)).await?)
+    let written = api.patch_status(&task.name_any(), &params, &Patch::Apply(&patch)).await?;
+    ctx.own_writes.record(task, written);
+    Ok(())
 }
 
 fn released_already(ctx: &Context, pod: &Pod) -> bool {
