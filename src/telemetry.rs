@@ -81,7 +81,7 @@ impl ControllerMetrics {
         )
         .unwrap();
         let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new("runplane_reconcile_duration_seconds", "Duration of task reconciliations")
+            HistogramOpts::new("runplane_reconcile_duration_seconds", "Duration of task reconciliations that write, from their turn (see --reconcile-concurrency) to their end")
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             &[],
         )
@@ -111,7 +111,7 @@ impl ControllerMetrics {
             IntGauge::new("runplane_webhooks_pending", "Finished tasks whose webhook is not settled").unwrap();
         let events_dropped = IntCounter::new(
             "runplane_events_dropped_total",
-            "Routine events (queued, admitted, started, completed) left out because they exceeded the event budget",
+            "Events left out: routine ones (queued, admitted, started, completed) beyond the event budget, and any while 1,024 wait to be written",
         )
         .unwrap();
         for collector in [

@@ -722,7 +722,7 @@ async fn write_queued(
                             Blocked::Waiting(..) => None,
                         };
                         if let Some(event) = event {
-                            ctx.events.publish(&event, &task.object_ref(&()), routine).await;
+                            ctx.events.publish(event, task.object_ref(&()), routine);
                         }
                         next.wait_reason.map(|r| (task.resource_version(), r))
                     }

@@ -10,14 +10,28 @@
 //! counted; the phase, reason and times on the task's status say the same.
 //! Events that need a look (failures, retries, cancels, rejected input,
 //! webhook trouble) are always recorded.
+//!
+//! Recording is asynchronous, as with client-go's event broadcaster: a
+//! reconcile hands its event to a queue and goes on, and a few writers
+//! publish the queue. A reconcile slot is then never held by a record that
+//! is best effort, while the task statuses and pod releases behind it wait.
+//! Events the queue cannot take (the apiserver far behind) are dropped and
+//! counted like those beyond the budget.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder};
 use prometheus::IntCounter;
+use tokio::sync::mpsc;
+
+/// Events waiting to be published, at most.
+const QUEUE: usize = 1024;
+/// Events published at once.
+const PARALLEL: usize = 8;
 
 /// How many routine events the controller may record (the defaults are the
 /// controller's flags).
@@ -51,24 +65,36 @@ impl Budget {
 
 /// Records the controller's events on its objects.
 pub struct Events {
-    recorder: Recorder,
+    queue: mpsc::Sender<(Event, ObjectReference)>,
     budget: Budget,
     dropped: IntCounter,
 }
 
 impl Events {
+    /// Starts the writers that publish the queued events through `recorder`.
     pub fn new(recorder: Recorder, budget: EventBudget, dropped: IntCounter) -> Self {
-        Self { recorder, budget: Budget::new(budget), dropped }
+        let (queue, queued) = mpsc::channel::<(Event, ObjectReference)>(QUEUE);
+        let queued =
+            futures::stream::unfold(queued, |mut queued| async move { queued.recv().await.map(|e| (e, queued)) });
+        tokio::spawn(queued.for_each_concurrent(PARALLEL, move |(event, reference)| {
+            let recorder = recorder.clone();
+            async move {
+                if let Err(error) = recorder.publish(&event, &reference).await {
+                    tracing::debug!(%error, reason = %event.reason, "recording an event failed");
+                }
+            }
+        }));
+        Self { queue, budget: Budget::new(budget), dropped }
     }
 
     /// Records an event; a routine one only if it fits the budget.
-    pub async fn publish(&self, event: &Event, reference: &ObjectReference, routine: bool) {
+    pub fn publish(&self, event: Event, reference: ObjectReference, routine: bool) {
         if routine && !self.budget.admit() {
             self.dropped.inc();
             return;
         }
-        if let Err(error) = self.recorder.publish(event, reference).await {
-            tracing::debug!(%error, reason = %event.reason, "recording an event failed");
+        if self.queue.try_send((event, reference)).is_err() {
+            self.dropped.inc();
         }
     }
 }
@@ -92,6 +118,45 @@ mod tests {
         assert!(!budget.admit());
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert!(budget.admit(), "one event every 50 ms");
+    }
+
+    /// An apiserver that never answers.
+    fn stuck_apiserver() -> kube::Client {
+        let service = tower::service_fn(|_: http::Request<kube::client::Body>| async {
+            std::future::pending::<Result<http::Response<kube::client::Body>, std::convert::Infallible>>().await
+        });
+        kube::Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn no_one_waits_for_an_event_and_what_the_queue_cannot_take_is_counted() {
+        let recorder = Recorder::new(stuck_apiserver(), "runplane-test".into());
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let budget = EventBudget { per_second: None, burst: NonZeroU32::new(1).unwrap() };
+        let events = Events::new(recorder, budget, dropped.clone());
+        let event = || Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: "Failed".into(),
+            note: None,
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let reference = ObjectReference { name: Some("a".into()), namespace: Some("n".into()), ..Default::default() };
+        // Each returns at once although the apiserver never answers.
+        let publish = async {
+            for _ in 0..QUEUE + 100 {
+                events.publish(event(), reference.clone(), false);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), publish).await.expect("publishing waited");
+        assert_eq!(dropped.get(), 100, "what the queue could not take");
+
+        // The writers take the first few off the queue; it fills up again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..PARALLEL + 1 {
+            events.publish(event(), reference.clone(), false);
+        }
+        assert_eq!(dropped.get(), 101, "{PARALLEL} writers each hold one event");
     }
 
     #[test]

@@ -505,7 +505,7 @@ async fn write(ctx: &Context, record: &Record) -> bool {
             action: "Webhook".into(),
             secondary: None,
         };
-        ctx.events.publish(&event, &task.object_ref(&()), false).await;
+        ctx.events.publish(event, task.object_ref(&()), false);
     }
     let status = &record.status;
     tracing::info!(
