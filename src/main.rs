@@ -283,7 +283,7 @@ struct ControllerArgs {
     /// Limits of a plan: NAME=CONCURRENT,RPM[,GPUS] (free, pro or team; repeatable). Defaults: free=5,30 pro=10,60 team=25,120. Give the gateway the same.
     #[arg(long = "plan", value_name = "NAME=CONCURRENT,RPM[,GPUS]")]
     plan: Vec<String>,
-    /// Task reconciles that write at once; the rest wait their turn, first come first served (0: no limit).
+    /// Tasks reconciled at once.
     #[arg(long, default_value_t = 16)]
     reconcile_concurrency: u16,
     /// Log format.

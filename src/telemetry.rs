@@ -81,7 +81,7 @@ impl ControllerMetrics {
         )
         .unwrap();
         let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new("runplane_reconcile_duration_seconds", "Duration of task reconciliations that write, from their turn (see --reconcile-concurrency) to their end")
+            HistogramOpts::new("runplane_reconcile_duration_seconds", "Duration of task reconciliations")
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             &[],
         )

@@ -91,9 +91,6 @@ pub struct Context {
     pub released: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Task statuses this process wrote that the cache may not show yet.
     pub own_writes: own_writes::OwnWrites,
-    /// Turns of the reconciles that write, handed out in the order asked
-    /// for (`--reconcile-concurrency` of them; 0: no limit).
-    pub write_turns: tokio::sync::Semaphore,
 }
 
 /// How often every task is reconciled even if nothing changed.
@@ -146,10 +143,6 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         accounts,
         released: Default::default(),
         own_writes: Default::default(),
-        write_turns: tokio::sync::Semaphore::new(match config.reconcile_concurrency {
-            0 => tokio::sync::Semaphore::MAX_PERMITS,
-            n => n.into(),
-        }),
     });
 
     let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone(), dirty.clone()).run(changed));
@@ -161,8 +154,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let reconciler = Controller::for_stream(triggers.tasks.map(Ok), caches.tasks.clone())
         .owns_stream(triggers.pods.map(Ok))
         .reconcile_all_on(resync)
-        // No limit here: the reconciles that write take turns (`write_turns`).
-        .with_config(ControllerConfig::default().concurrency(0))
+        .with_config(ControllerConfig::default().concurrency(config.reconcile_concurrency))
         .shutdown_on_signal()
         .run(tasks::reconcile, tasks::error_policy, ctx.clone())
         .for_each(|result| async move {

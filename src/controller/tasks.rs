@@ -20,28 +20,9 @@ use crate::resources::{GpuTask, GpuTaskStatus, labels, managers};
 
 #[tracing::instrument(skip_all, fields(task = %task.namespace().unwrap_or_default(), name = %task.name_any()))]
 pub async fn reconcile(task: Arc<GpuTask>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.metrics.reconciles.inc();
-    let task = ctx.own_writes.fresher(task);
-    let (_, plan) = decide(&task, &ctx);
-    if plan.writes_nothing() {
-        return Ok(next_look(plan.requeue_after));
-    }
-    // Writes take their turn first come, first served. The controller
-    // runtime starts every due reconcile at once, since at its own
-    // concurrency limit it would pick the next from a set, in no order, and
-    // on a saturated apiserver some tasks would wait many times longer
-    // than the rest. While this one waited its turn the task may have
-    // moved on: the decision is made again from the cache.
-    let _turn = ctx.write_turns.acquire().await.expect("the turns are never closed");
-    let namespace = task.namespace().unwrap_or_default();
-    let Some(task) = ctx.caches.task(&namespace, &task.name_any()).filter(|t| t.metadata.uid == task.metadata.uid)
-    else {
-        return Ok(Action::await_change());
-    };
-    let task = ctx.own_writes.fresher(task);
-    let (pod, plan) = decide(&task, &ctx);
     let started = Instant::now();
-    let result = apply(&task, pod.as_deref(), plan, &ctx).await;
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&task, &ctx).await;
     ctx.metrics.reconcile_duration.with_label_values(&[] as &[&str]).observe(started.elapsed().as_secs_f64());
     result
 }
@@ -54,8 +35,8 @@ pub fn error_policy(_task: Arc<GpuTask>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(Duration::from_secs(if error.category() == "conflict" { 1 } else { 5 }))
 }
 
-/// What to do about a task, from the caches: its current pod and the plan.
-fn decide(task: &GpuTask, ctx: &Context) -> (Option<Arc<Pod>>, Plan) {
+async fn reconcile_inner(task: &Arc<GpuTask>, ctx: &Context) -> Result<Action> {
+    let task = &ctx.own_writes.fresher(task.clone());
     let namespace = task.namespace().unwrap_or_default();
     let pod = ctx.caches.current_pod(task);
     let max_retries = ctx.caches.template(&namespace, &task.spec.template_ref.name).map(|t| t.spec.max_retries);
@@ -70,14 +51,7 @@ fn decide(task: &GpuTask, ctx: &Context) -> (Option<Arc<Pod>>, Plan) {
         webhook_pending,
     };
     let plan = lifecycle::plan(view, &ctx.config.lifecycle);
-    (pod, plan)
-}
-
-fn next_look(after: Option<jiff::SignedDuration>) -> Action {
-    match after {
-        Some(after) => Action::requeue(after.unsigned_abs().max(Duration::from_millis(100))),
-        None => Action::await_change(),
-    }
+    apply(task, pod.as_deref(), plan, ctx).await
 }
 
 async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> Result<Action> {
@@ -148,7 +122,10 @@ async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> 
         return Ok(Action::await_change());
     }
 
-    Ok(next_look(plan.requeue_after))
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after.unsigned_abs().max(Duration::from_millis(100))),
+        None => Action::await_change(),
+    })
 }
 
 /// Writes a task's whole status with server-side apply, only if the task is

@@ -96,18 +96,6 @@ pub struct Plan {
     pub event: Option<TaskEvent>,
 }
 
-impl Plan {
-    /// Nothing to write: no status, charge, event, pod or task change.
-    pub fn writes_nothing(&self) -> bool {
-        self.charge.is_none()
-            && self.status.is_none()
-            && self.event.is_none()
-            && !self.delete_pod
-            && !self.release_pod
-            && !self.delete_task
-    }
-}
-
 /// How a pod's failure is classified.
 #[derive(Clone, Debug, PartialEq)]
 enum Failure {
