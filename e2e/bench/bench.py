@@ -52,8 +52,14 @@ SCALES = {
     "small": dict(throughput=1000, job_defaults=200, writes=200, backlog=2000, accounts=30, quota=160,
                   memory=[5000, 15000]),
     "full": dict(throughput=2000, job_defaults=300, writes=300, backlog=15000, accounts=30, quota=160,
-                 memory=[15000, 100000]),
+                 memory=[15000, 100000], backlog_for=480),
 }
+# backlog_for: seconds from the backlog's first create after which the runner
+# stops watching and reports what it saw (None: when every task has finished,
+# or at the deadline the work's ideal makespan sets). 15,000 tasks of 1-4 s do not drain on two shared cores in the
+# twenty minutes the whole bench should take: their creates alone take about
+# five minutes, and the quota stays as busy after that as the apiserver lets
+# it, so four more minutes show the steady state as well as fifteen.
 
 # The plans' limits (concurrent tasks, requests per minute), given to every
 # controller and gateway the bench starts (--plan), so that the backlog's
@@ -964,7 +970,7 @@ def writes_run(args, n, ns, label, extra, out):
     return res
 
 
-def replay(created, added, finished, account_of, limit_of, quota):
+def replay(created, added, finished, account_of, limit_of, quota, split=None):
     """Replays a backlog run from what was observed: each task's create (the
     loader's answer), each pod's creation and end (the pod watch, one stream
     in the apiserver's order), all on one clock; one GPU per task.
@@ -980,7 +986,8 @@ def replay(created, added, finished, account_of, limit_of, quota):
     slots queue in the same line but are not gaps.
 
     Returns the integrals over the time tasks waited (from the first pod to
-    the last pod created), the gaps in seconds, and a series for the plot."""
+    the last pod created), also split at `split` (the last create), the gaps
+    in seconds, and a series for the plot."""
     from collections import deque
     events = [(t, 0, account_of[k]) for k, t in created.items()]
     events += [(t, 1, account_of[k]) for k, t in added.items()]
@@ -1002,6 +1009,9 @@ def replay(created, added, finished, account_of, limit_of, quota):
     line = deque()  # open slots: (since, opened by a pod's end)
     gaps, unpaired_starts = [], 0
     used = allowed_int = waited = 0.0
+    # [before split, from split on]: (GPU-seconds used, seconds waited)
+    parts = [[0.0, 0.0], [0.0, 0.0]]
+    split = a1 if split is None else split
     series = []
     done = 0
     slots, in_use, waiting_total, allowed = state()
@@ -1013,6 +1023,10 @@ def replay(created, added, finished, account_of, limit_of, quota):
             used += in_use * (hi - lo)
             allowed_int += allowed * (hi - lo)
             waited += hi - lo
+            for i, (x, y) in enumerate(((lo, min(hi, split)), (max(lo, split), hi))):
+                if y > x:
+                    parts[i][0] += in_use * (y - x)
+                    parts[i][1] += y - x
         prev = t
         if kind == 0:
             waiting[a] += 1
@@ -1035,7 +1049,8 @@ def replay(created, added, finished, account_of, limit_of, quota):
         slots = new_slots
         series.append((t, in_use, allowed, waiting_total, done))
     return {"used_gpu_seconds": used, "allowed_gpu_seconds": allowed_int, "waited_seconds": waited,
-            "window": (a0, a1), "gaps": gaps, "open_at_end": len(line), "unpaired_starts": unpaired_starts,
+            "window": (a0, a1), "parts": parts, "gaps": gaps, "open_at_end": len(line),
+            "unpaired_starts": unpaired_starts,
             "series": series}
 
 
@@ -1091,6 +1106,8 @@ def backlog(args, sizes, out):
                   times=True)
         t_posted = now()
         deadline = now() + max(args.phase_timeout, 4 * ideal_limits + 60)
+        if sizes.get("backlog_for"):
+            deadline = min(deadline, max(t0 + sizes["backlog_for"], t_posted + 60))
         samples = []
         rss = []
         while now() < deadline and len(w.finished) < n:
@@ -1121,12 +1138,13 @@ def backlog(args, sizes, out):
     release_lag = sorted(t - finished[k] for k, t in w.released.items() if k in finished)
     created = {(ns, name): t for (ns, name, _), t in zip(work, lr["times"]) if t > 0}
     account_of = {k: k[0] for k in list(created) + list(added)}
-    rp = replay(created, added, finished, account_of, limit_of, quota)
+    rp = replay(created, added, finished, account_of, limit_of, quota, split=t_posted)
     gaps = sorted(rp["gaps"])
 
     def pct(p):
         return gaps[min(len(gaps) - 1, int(p / 100 * len(gaps)))] * 1000 if gaps else None
-    makespan = (max(finished.values()) - t0) if finished else None
+    # The makespan only of a run that finished every task.
+    makespan = (max(finished.values()) - t0) if len(finished) == n else None
     available = quota * rp["waited_seconds"]
     # What the backlog cost the apiserver per task, with everything the
     # controller writes for a task that waits.
@@ -1143,6 +1161,13 @@ def backlog(args, sizes, out):
            "utilization": rp["used_gpu_seconds"] / available if available else None,
            "utilization_of_allowed": rp["used_gpu_seconds"] / rp["allowed_gpu_seconds"]
            if rp["allowed_gpu_seconds"] else None,
+           # The same over the part of that time while the loader was still
+           # creating tasks, and over the part after its last create.
+           "utilization_while_creating": rp["parts"][0][0] / (quota * rp["parts"][0][1])
+           if rp["parts"][0][1] else None, "waited_while_creating_seconds": rp["parts"][0][1],
+           "utilization_after_creating": rp["parts"][1][0] / (quota * rp["parts"][1][1])
+           if rp["parts"][1][1] else None, "waited_after_creating_seconds": rp["parts"][1][1],
+           "stopped_by_time_limit": len(finished) < n, "time_limit_seconds": sizes.get("backlog_for"),
            "ideal_makespan": ideal, "measured_makespan": makespan,
            "ideal_makespan_with_account_limits": ideal_limits,
            "freed_to_next_p50_ms": pct(50), "freed_to_next_p90_ms": pct(90), "freed_to_next_p99_ms": pct(99),
@@ -1176,8 +1201,18 @@ def backlog(args, sizes, out):
     print(f"  while tasks waited ({rp['waited_seconds']:.1f}s): GPU use {100 * (res['utilization'] or 0):.1f}% of the "
           f"quota, {100 * (res['utilization_of_allowed'] or 0):.1f}% of what the quota and the waiting accounts' "
           f"limits allowed", flush=True)
-    print(f"  makespan ideal {ideal:.1f}s (with the accounts' limits {ideal_limits:.1f}s), measured "
-          f"{makespan or 0:.1f}s; freed GPU -> next pod: p50 {ms(res['freed_to_next_p50_ms'])}, p90 "
+    print("  of that, while the loader still created tasks: " + (
+        f"{100 * res['utilization_while_creating']:.1f}% over {rp['parts'][0][1]:.0f}s"
+        if res["utilization_while_creating"] is not None else "n/a") + "; after its last create: " + (
+        f"{100 * res['utilization_after_creating']:.1f}% over {rp['parts'][1][1]:.0f}s"
+        if res["utilization_after_creating"] is not None else "n/a"), flush=True)
+    if len(finished) < n:
+        print(f"  stopped {deadline - t0:.0f}s after the first create with {len(added)} of {n} tasks started "
+              f"and {len(finished)} finished" + (f" (--backlog-for {sizes['backlog_for']})"
+                                                 if sizes.get("backlog_for") else ""), flush=True)
+    measured = f"{makespan:.1f}s" if makespan is not None else "not reached"
+    print(f"  makespan ideal {ideal:.1f}s (with the accounts' limits {ideal_limits:.1f}s), measured {measured}; "
+          f"freed GPU -> next pod: p50 {ms(res['freed_to_next_p50_ms'])}, p90 "
           f"{ms(res['freed_to_next_p90_ms'])}, p99 {ms(res['freed_to_next_p99_ms'])} ({len(gaps)} gaps; "
           f"{rp['unpaired_starts']} starts the replay had no open slot for)", flush=True)
     print(f"  cores used (CPU per finished task): {cpu_note(plane)}", flush=True)
@@ -1589,12 +1624,16 @@ def main():
     p.add_argument("--skip-kcm-defaults", action="store_true")
     for k in ("throughput", "backlog", "quota", "accounts", "writes", "job_defaults"):
         p.add_argument(f"--{k.replace('_', '-')}", type=int)
+    p.add_argument("--backlog-for", type=int,
+                   help="stop the backlog this many seconds after its first create (0: when it has drained)")
     p.add_argument("--memory-points", help="comma-separated task counts")
     args = p.parse_args()
     sizes = dict(SCALES[args.scale])
     for k in ("throughput", "backlog", "quota", "accounts", "writes", "job_defaults"):
         if getattr(args, k) is not None:
             sizes[k] = getattr(args, k)
+    if args.backlog_for is not None:
+        sizes["backlog_for"] = args.backlog_for or None
     if args.memory_points:
         sizes["memory"] = [int(x) for x in args.memory_points.split(",")]
     os.makedirs(args.out, exist_ok=True)

@@ -47,6 +47,7 @@ def backlog(res, path):
     ax2.axhline(res["quota_gpus"], color="tab:red", ls="--", lw=0.8, label="GPU quota")
     lo, hi = res["window_seconds"]
     ax2.axvspan(lo, hi, color="grey", alpha=0.08, label="tasks waited")
+    ax2.axvline(res["post_seconds"], color="grey", ls="--", lw=0.8, label="the loader's last create")
     ax2.set_ylabel("GPUs")
     ax2.set_ylim(0, res["quota_gpus"] * 1.4)
     h1, l1 = ax.get_legend_handles_labels()
