@@ -274,13 +274,16 @@ def equivalent_pod(name, duration):
 
 class PodWatch:
     """Watches pods (all namespaces, with a label selector) and records when
-    each was first seen, when it was first seen finished, and when first
-    seen finished without runplane's accounting finalizer (released: the
-    controller has charged its task and written its end)."""
+    each was first seen, first seen bound to a node, first seen running,
+    first seen finished, and first seen finished without runplane's
+    accounting finalizer (released: the controller has charged its task and
+    written its end)."""
 
     def __init__(self, selector):
         self.selector = selector
         self.added = {}
+        self.bound = {}
+        self.running = {}
         self.finished = {}
         self.released = {}
         self.stop = threading.Event()
@@ -320,6 +323,10 @@ class PodWatch:
                         continue
                     key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
                     self.added.setdefault(key, t)
+                    if obj.get("spec", {}).get("nodeName"):
+                        self.bound.setdefault(key, t)
+                    if obj.get("status", {}).get("phase") == "Running":
+                        self.running.setdefault(key, t)
                     if obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                         self.finished.setdefault(key, t)
                         if ACCOUNTING_FINALIZER not in (obj["metadata"].get("finalizers") or []):
@@ -970,7 +977,7 @@ def writes_run(args, n, ns, label, extra, out):
     return res
 
 
-def replay(created, added, finished, account_of, limit_of, quota, split=None):
+def replay(created, added, finished, account_of, limit_of, quota, split=None, running=None):
     """Replays a backlog run from what was observed: each task's create (the
     loader's answer), each pod's creation and end (the pod watch, one stream
     in the apiserver's order), all on one clock; one GPU per task.
@@ -985,6 +992,9 @@ def replay(created, added, finished, account_of, limit_of, quota, split=None):
     a slot ends the oldest open gap (first in, first out). Arrivals that open
     slots queue in the same line but are not gaps.
 
+    A pod holds its GPU from its creation to its end; `running` (when each
+    pod was first seen running) tells how much of that it ran.
+
     Returns the integrals over the time tasks waited (from the first pod to
     the last pod created), also split at `split` (the last create), the gaps
     in seconds, and a series for the plot."""
@@ -992,7 +1002,11 @@ def replay(created, added, finished, account_of, limit_of, quota, split=None):
     events = [(t, 0, account_of[k]) for k, t in created.items()]
     events += [(t, 1, account_of[k]) for k, t in added.items()]
     events += [(t, 2, account_of[k]) for k, t in finished.items()]
-    events.sort()
+    # A pod's run: from first seen running to its end (kinds 3 and 4 count
+    # only the GPUs running, nothing else).
+    runs = [(running[k], t) for k, t in finished.items() if k in (running or {}) and running[k] <= t]
+    events += [(a, 3, None) for a, _ in runs] + [(b, 4, None) for _, b in runs]
+    events.sort(key=lambda e: (e[0], e[1]))
     accounts = sorted(limit_of)
     waiting = dict.fromkeys(accounts, 0)
     held = dict.fromkeys(accounts, 0)
@@ -1009,8 +1023,10 @@ def replay(created, added, finished, account_of, limit_of, quota, split=None):
     line = deque()  # open slots: (since, opened by a pod's end)
     gaps, unpaired_starts = [], 0
     used = allowed_int = waited = 0.0
-    # [before split, from split on]: (GPU-seconds used, seconds waited)
-    parts = [[0.0, 0.0], [0.0, 0.0]]
+    # [before split, from split on]: (GPU-seconds held, seconds waited,
+    # GPU-seconds running)
+    parts = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    working = 0
     split = a1 if split is None else split
     series = []
     done = 0
@@ -1027,7 +1043,12 @@ def replay(created, added, finished, account_of, limit_of, quota, split=None):
                 if y > x:
                     parts[i][0] += in_use * (y - x)
                     parts[i][1] += y - x
+                    parts[i][2] += working * (y - x)
         prev = t
+        if kind >= 3:
+            working += 1 if kind == 3 else -1
+            series.append((t, in_use, allowed, waiting_total, done, working))
+            continue
         if kind == 0:
             waiting[a] += 1
         elif kind == 1:
@@ -1047,7 +1068,7 @@ def replay(created, added, finished, account_of, limit_of, quota, split=None):
         elif kind == 1:
             unpaired_starts += 1  # a start the replay saw no open slot for
         slots = new_slots
-        series.append((t, in_use, allowed, waiting_total, done))
+        series.append((t, in_use, allowed, waiting_total, done, working))
     return {"used_gpu_seconds": used, "allowed_gpu_seconds": allowed_int, "waited_seconds": waited,
             "window": (a0, a1), "parts": parts, "gaps": gaps, "open_at_end": len(line),
             "unpaired_starts": unpaired_starts,
@@ -1138,7 +1159,20 @@ def backlog(args, sizes, out):
     release_lag = sorted(t - finished[k] for k, t in w.released.items() if k in finished)
     created = {(ns, name): t for (ns, name, _), t in zip(work, lr["times"]) if t > 0}
     account_of = {k: k[0] for k in list(created) + list(added)}
-    rp = replay(created, added, finished, account_of, limit_of, quota, split=t_posted)
+    rp = replay(created, added, finished, account_of, limit_of, quota, split=t_posted, running=dict(w.running))
+    # Where a pod's hold on its GPU goes: waiting for the scheduler, for the
+    # node (kwok) to start it, and running.
+    bound, running = dict(w.bound), dict(w.running)
+    steps = {"created_to_bound": [], "bound_to_running": [], "running_to_end": []}
+    for k, end in finished.items():
+        if k in bound and k in running and added[k] <= bound[k] <= running[k] <= end:
+            steps["created_to_bound"].append(bound[k] - added[k])
+            steps["bound_to_running"].append(running[k] - bound[k])
+            steps["running_to_end"].append(end - running[k])
+    hold = {name: {"mean_s": sum(v) / len(v), "p50_s": sorted(v)[len(v) // 2], "pods": len(v)}
+            for name, v in steps.items() if v}
+    done_after = sorted(t for t in finished.values() if t >= t_posted)
+    rate_after = (len(done_after) - 1) / (done_after[-1] - done_after[0]) if len(done_after) > 1 else None
     gaps = sorted(rp["gaps"])
 
     def pct(p):
@@ -1167,6 +1201,12 @@ def backlog(args, sizes, out):
            if rp["parts"][0][1] else None, "waited_while_creating_seconds": rp["parts"][0][1],
            "utilization_after_creating": rp["parts"][1][0] / (quota * rp["parts"][1][1])
            if rp["parts"][1][1] else None, "waited_after_creating_seconds": rp["parts"][1][1],
+           # GPU-seconds of pods running (first seen running to end) over the
+           # same time: what of the held GPUs did work.
+           "utilization_running": (rp["parts"][0][2] + rp["parts"][1][2]) / available if available else None,
+           "utilization_running_after_creating": rp["parts"][1][2] / (quota * rp["parts"][1][1])
+           if rp["parts"][1][1] else None,
+           "pod_hold": hold, "finished_per_second_after_creating": rate_after,
            "stopped_by_time_limit": len(finished) < n, "time_limit_seconds": sizes.get("backlog_for"),
            "ideal_makespan": ideal, "measured_makespan": makespan,
            "ideal_makespan_with_account_limits": ideal_limits,
@@ -1206,6 +1246,16 @@ def backlog(args, sizes, out):
         if res["utilization_while_creating"] is not None else "n/a") + "; after its last create: " + (
         f"{100 * res['utilization_after_creating']:.1f}% over {rp['parts'][1][1]:.0f}s"
         if res["utilization_after_creating"] is not None else "n/a"), flush=True)
+    if res["utilization_running"] is not None:
+        print(f"  GPUs running (pod first seen running to its end) over the same time: "
+              f"{100 * res['utilization_running']:.1f}% of the quota; after the last create "
+              + (f"{100 * res['utilization_running_after_creating']:.1f}%"
+                 if res["utilization_running_after_creating"] is not None else "n/a")
+              + (f", {rate_after:.1f} tasks finished a second" if rate_after else ""), flush=True)
+    if hold:
+        print("  a pod's hold on its GPU (mean / p50): " + ", ".join(
+            f"{name.replace('_', ' ')} {v['mean_s']:.2f} / {v['p50_s']:.2f} s" for name, v in hold.items()),
+            flush=True)
     if len(finished) < n:
         print(f"  stopped {deadline - t0:.0f}s after the first create with {len(added)} of {n} tasks started "
               f"and {len(finished)} finished" + (f" (--backlog-for {sizes['backlog_for']})"
@@ -1229,7 +1279,7 @@ def backlog(args, sizes, out):
     # GPUs in use (and allowed) over time, for the plot
     series = rp["series"]
     step = max(1, len(series) // 4000)
-    res["inuse"] = [(t - t0, u, al, wt, d) for t, u, al, wt, d in series[::step]]
+    res["inuse"] = [(t - t0, u, al, wt, d, r) for t, u, al, wt, d, r in series[::step]]
     return res
 
 

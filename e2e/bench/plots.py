@@ -41,7 +41,9 @@ def backlog(res, path):
     ax.set_xlabel("seconds since the first create")
     ax.set_ylabel("tasks")
     ax2 = ax.twinx()
-    ax2.plot(t, [x[1] for x in inuse], color="tab:red", lw=0.8, label="GPUs in use")
+    ax2.plot(t, [x[1] for x in inuse], color="tab:red", lw=0.8, label="GPUs held by a pod")
+    if inuse and len(inuse[0]) > 5:
+        ax2.plot(t, [x[5] for x in inuse], color="tab:purple", lw=0.8, label="GPUs running a pod")
     ax2.plot(t, [x[2] for x in inuse], color="tab:orange", lw=0.8, ls=":",
              label="GPUs allowed (quota, waiting accounts' limits)")
     ax2.axhline(res["quota_gpus"], color="tab:red", ls="--", lw=0.8, label="GPU quota")
