@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def plot(name, res, out):
@@ -56,11 +57,15 @@ def backlog(res, path):
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=7)
     ax.set_title(f"Backlog: {res['tasks']} tasks, {res['accounts']} accounts, quota {res['quota_gpus']} GPUs; "
-                 f"use {100 * (res['utilization'] or 0):.1f}% of quota", fontsize=9)
+                 f"held {100 * (res['utilization'] or 0):.1f}% of quota"
+                 + (f", running {100 * res['utilization_running']:.1f}%" if res.get("utilization_running") else ""),
+                 fontsize=9)
     gaps = res.get("gaps_ms") or []
     if gaps:
         axg.plot(gaps, [(i + 1) / len(gaps) for i in range(len(gaps))])
         axg.set_xscale("log")
+        # A narrow range would label every minor tick on top of the others.
+        axg.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for p, ls in ((50, "--"), (99, ":")):
             v = res[f"freed_to_next_p{p}_ms"]
             axg.axvline(v, color="grey", ls=ls, lw=0.8, label=f"p{p} {v:.0f} ms")
