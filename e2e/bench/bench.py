@@ -55,11 +55,12 @@ SCALES = {
                  memory=[15000, 100000], backlog_for=480),
 }
 # backlog_for: seconds from the backlog's first create after which the runner
-# stops watching and reports what it saw (None: when every task has finished,
-# or at the deadline the work's ideal makespan sets). 15,000 tasks of 1-4 s do not drain on two shared cores in the
-# twenty minutes the whole bench should take: their creates alone take about
-# five minutes, and the quota stays as busy after that as the apiserver lets
-# it, so four more minutes show the steady state as well as fifteen.
+# stops waiting for pods and reports what it saw (None: when every task has
+# finished, or at the deadline the work's ideal makespan sets). 15,000 tasks
+# of 1-4 s do not drain on two shared cores in the twenty minutes the whole
+# bench should take: their creates alone take four to five minutes, and the
+# quota stays as busy after that as the apiserver lets it, so a few more
+# minutes show the steady state as well as fifteen.
 
 # The plans' limits (concurrent tasks, requests per minute), given to every
 # controller and gateway the bench starts (--plan), so that the backlog's
@@ -1022,7 +1023,7 @@ def replay(created, added, finished, account_of, limit_of, quota, split=None, ru
 
     line = deque()  # open slots: (since, opened by a pod's end)
     gaps, unpaired_starts = [], 0
-    used = allowed_int = waited = 0.0
+    allowed_int = 0.0
     # [before split, from split on]: (GPU-seconds held, seconds waited,
     # GPU-seconds running)
     parts = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
@@ -1036,9 +1037,7 @@ def replay(created, added, finished, account_of, limit_of, quota, split=None, ru
         # integrate the level that held since the previous event
         lo, hi = max(prev, a0), min(t, a1)
         if hi > lo and waiting_total > 0:
-            used += in_use * (hi - lo)
             allowed_int += allowed * (hi - lo)
-            waited += hi - lo
             for i, (x, y) in enumerate(((lo, min(hi, split)), (max(lo, split), hi))):
                 if y > x:
                     parts[i][0] += in_use * (y - x)
@@ -1069,7 +1068,8 @@ def replay(created, added, finished, account_of, limit_of, quota, split=None, ru
             unpaired_starts += 1  # a start the replay saw no open slot for
         slots = new_slots
         series.append((t, in_use, allowed, waiting_total, done, working))
-    return {"used_gpu_seconds": used, "allowed_gpu_seconds": allowed_int, "waited_seconds": waited,
+    return {"used_gpu_seconds": parts[0][0] + parts[1][0], "allowed_gpu_seconds": allowed_int,
+            "waited_seconds": parts[0][1] + parts[1][1],
             "window": (a0, a1), "parts": parts, "gaps": gaps, "open_at_end": len(line),
             "unpaired_starts": unpaired_starts,
             "series": series}
