@@ -136,6 +136,8 @@ cargo clippy --all-targets --test e2e --test webhooks --test api --test install 
 
 log "unit tests"
 cargo test --quiet
+# The benchmark's replay, whose arithmetic docs/benchmarks.md reports.
+PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover --quiet -s e2e/bench -p 'test_*.py'
 log "building the end-to-end suites"
 cargo test --quiet --no-run --test e2e --test webhooks --test api --test install
 
