@@ -14,14 +14,15 @@
 //! write in flight: an account whose writes are slow (or keep conflicting)
 //! holds up only its own tasks. A write starts from the newest version of
 //! the account this writer knows (the cache's, or the one its own last write
-//! returned while the cache has not shown it yet) and reads the account from
-//! the apiserver only after a conflict. Every write carries the
+//! returned while the cache still shows a version that write replaced: see
+//! `own_writes`) and reads the account from the apiserver only after a
+//! conflict. Every write carries the
 //! resourceVersion it was computed from, so a stale start costs a conflict,
 //! never a lost or doubled charge.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -30,8 +31,10 @@ use kube::api::PostParams;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::error::{Error, Result, is_status};
+use super::own_writes::OwnWrites;
 use crate::domain::credits::apply_charges;
 use crate::resources::{GpuAccount, GpuAccountStatus};
 use crate::telemetry::ControllerMetrics;
@@ -44,8 +47,16 @@ const BATCH: usize = 128;
 const PARALLEL_WRITES: usize = 8;
 /// Tries of one batch against conflicts before its tasks are told to retry.
 const ATTEMPTS: usize = 8;
-/// Usage counts are written at most this often per account.
-const COUNTS_INTERVAL: Duration = Duration::from_secs(2);
+/// Live usage counts are written at most this often per account. They are
+/// for people (the Running and Queued columns of `kubectl get gpuaccounts`):
+/// admission and the API count from their own caches. Every active account
+/// would otherwise cost the apiserver a write every tick, however many
+/// tasks it runs.
+const COUNTS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the writer looks for accounts whose status is stale. A changed
+/// spec (credits topped up) is written at the next look, not after
+/// COUNTS_INTERVAL.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Live usage of an account, as admission computed it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,7 +103,7 @@ pub fn start(client: Client, accounts: Store<GpuAccount>, metrics: Arc<Controlle
         metrics,
         counts: BTreeMap::new(),
         last_count_write: BTreeMap::new(),
-        written: BTreeMap::new(),
+        own_writes: OwnWrites::default(),
         pending: BTreeMap::new(),
         ready: VecDeque::new(),
         busy: BTreeSet::new(),
@@ -106,8 +117,8 @@ type PendingCharge = (String, i64, oneshot::Sender<Result<()>>);
 /// What a finished account write leaves for the writer to remember.
 struct Outcome {
     account: String,
-    /// The account as the write left it.
-    written: Option<GpuAccount>,
+    /// The version the write replaced, and the account as the write left it.
+    written: Option<(GpuAccount, GpuAccount)>,
     /// The write started from a version that was no longer current.
     stale: bool,
 }
@@ -118,9 +129,9 @@ struct Writer {
     metrics: Arc<ControllerMetrics>,
     counts: BTreeMap<String, Counts>,
     last_count_write: BTreeMap<String, Instant>,
-    /// What this writer's last write to an account returned, kept until the
-    /// cache shows that version (the next write starts from it).
-    written: BTreeMap<String, GpuAccount>,
+    /// This writer's writes the cache has not shown yet (the next write
+    /// starts from the last of them).
+    own_writes: OwnWrites<GpuAccount>,
     /// Charges not yet being written, by account.
     pending: BTreeMap<String, Vec<PendingCharge>>,
     /// The accounts of `pending` that have no write in flight, in the order
@@ -132,7 +143,7 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
-        let mut tick = tokio::time::interval(COUNTS_INTERVAL);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut writes: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
         loop {
@@ -171,11 +182,11 @@ impl Writer {
     fn settle(&mut self, outcome: Outcome) {
         let Outcome { account, written, stale } = outcome;
         self.busy.remove(&account);
-        if let Some(written) = written {
+        if let Some((before, after)) = written {
             self.last_count_write.insert(account.clone(), Instant::now());
-            self.written.insert(account.clone(), written);
-        } else if stale {
-            self.written.remove(&account);
+            self.own_writes.record(&before, after);
+        } else if stale && let Some(uid) = self.cache.get(&ObjectRef::new(&account)).and_then(|a| a.uid()) {
+            self.own_writes.forget(&uid);
         }
         if self.pending.contains_key(&account) {
             self.ready.push_back(account);
@@ -183,17 +194,9 @@ impl Writer {
     }
 
     /// The newest version of an account this writer knows, if any.
-    fn latest(&mut self, name: &str) -> Option<GpuAccount> {
-        let cached = self.cache.get(&ObjectRef::new(name));
-        match (cached, self.written.get(name)) {
-            (Some(cached), Some(written)) if cached.resource_version() != written.resource_version() => {
-                Some(written.clone())
-            }
-            (cached, _) => {
-                self.written.remove(name);
-                cached.map(|c| (*c).clone())
-            }
-        }
+    fn latest(&self, name: &str) -> Option<GpuAccount> {
+        let cached = self.cache.get(&ObjectRef::new(name))?;
+        Some((*self.own_writes.fresher(cached)).clone())
     }
 
     /// Starts a write of up to one batch of an account's pending charges.
@@ -209,8 +212,9 @@ impl Writer {
         charge(self.api.clone(), self.metrics.clone(), account, start, counts, batch).boxed()
     }
 
-    /// Starts writes of the accounts whose counts or balance are stale, at
-    /// most every COUNTS_INTERVAL each, in the room the charges leave.
+    /// Starts writes of the accounts whose counts or balance are stale, in the
+    /// room the charges leave: an account's counts at most every
+    /// COUNTS_INTERVAL, a spec its status has not seen at once.
     fn write_counts(&mut self, writes: &mut FuturesUnordered<BoxFuture<'static, Outcome>>) {
         for account in self.cache.state() {
             if writes.len() >= PARALLEL_WRITES {
@@ -221,10 +225,12 @@ impl Writer {
             if self.busy.contains(&name) || self.pending.contains_key(&name) {
                 continue;
             }
-            if self.last_count_write.get(&name).is_some_and(|t| t.elapsed() < COUNTS_INTERVAL) {
+            let latest = self.own_writes.fresher(account);
+            let spec_unseen = latest.metadata.generation != latest.status.as_ref().and_then(|s| s.observed_generation);
+            if !spec_unseen && self.last_count_write.get(&name).is_some_and(|t| t.elapsed() < COUNTS_INTERVAL) {
                 continue;
             }
-            let Some(mut latest) = self.latest(&name) else { continue };
+            let mut latest = (*latest).clone();
             let current = latest.status.clone().unwrap_or_default();
             let mut desired = current.clone();
             fill(&latest, &mut desired, self.counts.get(&name).copied().unwrap_or_default());
@@ -286,7 +292,7 @@ async fn charge(
                 metrics.charges.inc_by(charged);
                 metrics.credits_charged.inc_by(added.max(0) as u64);
                 tracing::info!(account = outcome.account, credits = added, tasks = charged, "charged");
-                outcome.written = Some(written);
+                outcome.written = Some((current, written));
                 result = Ok(());
                 break;
             }
@@ -318,7 +324,7 @@ async fn charge(
 async fn write_status(api: Api<GpuAccount>, name: String, account: GpuAccount) -> Outcome {
     let mut outcome = Outcome { account: name, written: None, stale: false };
     match api.replace_status(&outcome.account, &PostParams::default(), &account).await {
-        Ok(written) => outcome.written = Some(written),
+        Ok(written) => outcome.written = Some((account, written)),
         Err(e) if is_status(&e, 409) || is_status(&e, 404) => outcome.stale = true,
         Err(error) => tracing::warn!(account = outcome.account, %error, "writing account status failed"),
     }
@@ -424,6 +430,7 @@ mod tests {
         let spec =
             GpuAccountSpec { plan: Plan::Free, email: None, namespaces: vec![], limits: None, credits, webhook: None };
         let mut account = GpuAccount::new(name, spec);
+        account.metadata.uid = Some(format!("uid-{name}"));
         account.metadata.resource_version = Some("1".into());
         account.metadata.generation = Some(1);
         account.status =
@@ -461,6 +468,34 @@ mod tests {
         slow.await.unwrap().unwrap();
         assert_eq!(apiserver.account("slow-a").status.unwrap().credits_used, 5);
         assert_eq!(apiserver.account("b").status.unwrap().credits_used, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn live_counts_are_written_at_most_every_interval_and_a_top_up_at_once() {
+        let (apiserver, writer, mut cache) = writer(&["a"]);
+        let counts = |running| BTreeMap::from([("a".to_string(), Counts { running, queued: 0, gpus_in_use: 0 })]);
+        writer.counts(counts(1));
+        tokio::time::sleep(TICK + Duration::from_millis(100)).await;
+        assert_eq!(apiserver.requests(), ["PUT a/status"]);
+        assert_eq!(apiserver.account("a").status.unwrap().running, 1);
+
+        writer.counts(counts(2));
+        tokio::time::sleep(COUNTS_INTERVAL / 2).await;
+        assert_eq!(apiserver.requests(), Vec::<String>::new(), "counts wait for the interval");
+
+        apiserver.top_up("a", 50);
+        cache.apply_watcher_event(&watcher::Event::Apply(apiserver.account("a")));
+        tokio::time::sleep(TICK + Duration::from_millis(100)).await;
+        assert_eq!(apiserver.requests(), ["PUT a/status"], "a new spec is shown at the next tick");
+        let status = apiserver.account("a").status.unwrap();
+        assert_eq!((status.balance, status.observed_generation, status.running), (150, Some(2), 2));
+
+        writer.counts(counts(3));
+        tokio::time::sleep(COUNTS_INTERVAL - TICK * 2).await;
+        assert_eq!(apiserver.requests(), Vec::<String>::new());
+        tokio::time::sleep(TICK * 3).await;
+        assert_eq!(apiserver.requests(), ["PUT a/status"]);
+        assert_eq!(apiserver.account("a").status.unwrap().running, 3);
     }
 
     #[tokio::test(start_paused = true)]

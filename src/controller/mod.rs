@@ -90,7 +90,7 @@ pub struct Context {
     /// released again, whatever older version of it the cache still shows.
     pub released: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Task statuses this process wrote that the cache may not show yet.
-    pub own_writes: own_writes::OwnWrites,
+    pub own_writes: own_writes::OwnWrites<GpuTask>,
 }
 
 /// How often every task is reconciled even if nothing changed.

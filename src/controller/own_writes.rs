@@ -1,4 +1,5 @@
-//! Task statuses this process wrote that its cache has not shown yet.
+//! Writes this process made that its cache has not shown yet: the task
+//! reconciler's task statuses and the account writer's account statuses.
 //!
 //! A status write returns the task as it now is, but the watch brings that
 //! version to the cache a moment later: milliseconds on an idle apiserver,
@@ -9,15 +10,15 @@
 //! second longer. So every status write is recorded here, and a task read
 //! from the cache at a version this process has since replaced is read as
 //! its latest write left it. Any other version is newer than what this
-//! process knows, and the cache's is used.
+//! process knows, and the cache's is used. Accounts are read the same way,
+//! so that a write after an account's spec changed (credits topped up)
+//! starts from the change, not from this process's last write before it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
-
-use crate::resources::GpuTask;
+use kube::{Resource, ResourceExt};
 
 /// An entry the cache never caught up with (its task deleted, or changed
 /// by someone else since) is dropped after this long.
@@ -26,75 +27,93 @@ const KEEP: Duration = Duration::from_secs(120);
 /// can follow each other before the watch shows the first.
 const REPLACED: usize = 8;
 
-#[derive(Default)]
-pub struct OwnWrites {
-    tasks: Mutex<HashMap<String, Entry>>,
+/// Objects of one kind by UID.
+pub struct OwnWrites<K> {
+    objects: Mutex<HashMap<String, Entry<K>>>,
     /// When entries were last pruned by age.
     pruned: Mutex<Option<Instant>>,
 }
 
-struct Entry {
+impl<K> Default for OwnWrites<K> {
+    fn default() -> Self {
+        Self { objects: Mutex::default(), pruned: Mutex::default() }
+    }
+}
+
+struct Entry<K> {
     /// Versions this process's writes replaced, oldest first.
     replaced: Vec<String>,
-    /// The task as the latest write left it.
-    latest: Arc<GpuTask>,
+    /// The object as the latest write left it.
+    latest: Arc<K>,
     at: Instant,
 }
 
-impl OwnWrites {
-    /// Records that `before` was replaced by `after`, both of one task.
-    pub fn record(&self, before: &GpuTask, after: GpuTask) {
-        let (Some(uid), Some(replaced)) = (after.metadata.uid.clone(), before.resource_version()) else { return };
+impl<K: Resource> OwnWrites<K> {
+    /// Records that `before` was replaced by `after`, both of one object.
+    pub fn record(&self, before: &K, after: K) {
+        let (Some(uid), Some(replaced)) = (after.meta().uid.clone(), before.resource_version()) else { return };
         let now = Instant::now();
-        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-        self.prune(&mut tasks, now);
-        let mut versions = match tasks.remove(&uid) {
-            // A chain of this process's writes: each replaced the one before.
-            Some(entry) if entry.latest.resource_version().as_ref() == Some(&replaced) => entry.replaced,
-            _ => Vec::new(),
+        let mut objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
+        self.prune(&mut objects, now);
+        // A write starts from this process's latest write or from a version
+        // read after it (someone else's), so it replaces every version the
+        // earlier writes replaced, and the latest of them too.
+        let mut versions = match objects.remove(&uid) {
+            Some(entry) => {
+                let mut versions = entry.replaced;
+                versions.extend(entry.latest.resource_version().filter(|v| *v != replaced));
+                versions
+            }
+            None => Vec::new(),
         };
         versions.push(replaced);
         let overflow = versions.len().saturating_sub(REPLACED);
         versions.drain(..overflow);
-        tasks.insert(uid, Entry { replaced: versions, latest: Arc::new(after), at: now });
+        objects.insert(uid, Entry { replaced: versions, latest: Arc::new(after), at: now });
     }
 
     /// The newest version of `cached` this process knows of.
-    pub fn fresher(&self, cached: Arc<GpuTask>) -> Arc<GpuTask> {
-        let Some(uid) = cached.metadata.uid.as_deref() else { return cached };
-        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = tasks.get(uid) else { return cached };
+    pub fn fresher(&self, cached: Arc<K>) -> Arc<K> {
+        let Some(uid) = cached.meta().uid.as_deref() else { return cached };
+        let mut objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = objects.get(uid) else { return cached };
         let version = cached.resource_version();
         if version.as_ref().is_some_and(|v| entry.replaced.contains(v)) {
             return entry.latest.clone();
         }
         if version == entry.latest.resource_version() {
             // The cache has caught up.
-            tasks.remove(uid);
+            objects.remove(uid);
         }
         // Otherwise a version someone else wrote, newer than this process's.
         cached
     }
 
-    fn prune(&self, tasks: &mut HashMap<String, Entry>, now: Instant) {
+    /// Forgets an object's writes: one of them conflicted, so someone else
+    /// has changed it since, and the cache is to be read again.
+    pub fn forget(&self, uid: &str) {
+        self.objects.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
+    }
+
+    fn prune(&self, objects: &mut HashMap<String, Entry<K>>, now: Instant) {
         let mut pruned = self.pruned.lock().unwrap_or_else(PoisonError::into_inner);
         if pruned.is_some_and(|at| now.duration_since(at) < KEEP) {
             return;
         }
         *pruned = Some(now);
-        tasks.retain(|_, entry| now.duration_since(entry.at) < KEEP);
+        objects.retain(|_, entry| now.duration_since(entry.at) < KEEP);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.tasks.lock().unwrap().len()
+        self.objects.lock().unwrap().len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{GpuTaskSpec, GpuTaskStatus, TaskPhase};
+    use crate::resources::{GpuTask, GpuTaskSpec, GpuTaskStatus, TaskPhase};
 
     fn task(version: &str, phase: Option<TaskPhase>) -> GpuTask {
         let spec: GpuTaskSpec = serde_json::from_value(serde_json::json!({ "templateRef": { "name": "t" } })).unwrap();
@@ -138,12 +157,17 @@ mod tests {
     }
 
     #[test]
-    fn a_write_from_a_version_not_its_own_starts_a_new_chain() {
+    fn a_write_from_someone_elses_version_replaces_what_the_earlier_writes_replaced() {
         let writes = OwnWrites::default();
         writes.record(&task("1", None), task("2", Some(TaskPhase::Queued)));
-        // Someone else wrote 3; this process read it and wrote 4.
+        // Someone else wrote 3; this process read it (from the apiserver,
+        // while its cache still showed 1) and wrote 4.
         writes.record(&task("3", Some(TaskPhase::Queued)), task("4", Some(TaskPhase::Running)));
-        let read = writes.fresher(Arc::new(task("1", None)));
-        assert_eq!(read.resource_version().as_deref(), Some("1"), "1 was not replaced by the write that made 4");
+        for cached in ["1", "2", "3"] {
+            let read = writes.fresher(Arc::new(task(cached, None)));
+            assert_eq!(read.resource_version().as_deref(), Some("4"), "{cached} is older than 4");
+        }
+        let read = writes.fresher(Arc::new(task("5", Some(TaskPhase::Canceled))));
+        assert_eq!(read.resource_version().as_deref(), Some("5"));
     }
 }
