@@ -16,9 +16,8 @@
 //! the account this writer knows (the cache's, or the one its own last write
 //! returned while the cache still shows a version that write replaced: see
 //! `own_writes`) and reads the account from the apiserver only after a
-//! conflict. Every write carries the
-//! resourceVersion it was computed from, so a stale start costs a conflict,
-//! never a lost or doubled charge.
+//! conflict. Every write carries the resourceVersion it was computed from,
+//! so a stale start costs a conflict, never a lost or doubled charge.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
