@@ -232,6 +232,9 @@ struct ControllerArgs {
     /// A pod that starts within this long goes from Queued to Running on its task with no write for the time it was pending.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pending_status_delay: SignedDuration,
+    /// A pod that ends within this long after its start goes from Queued straight to its end on the task, with no Running status (and Started event) that its end would overwrite a moment later; longer runs show Running this long after their start. 0 writes Running at once.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    running_status_delay: SignedDuration,
     /// Record an event on the task at every phase transition (started, completed, queued); false records only what needs a look (failures, retries, cancels, slow starts, rejected input), which saves two API writes per task.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     transition_events: bool,
@@ -355,6 +358,7 @@ async fn main() -> anyhow::Result<()> {
                     retry_backoff_max: args.retry_backoff_max,
                     finished_ttl: (!args.finished_ttl.is_zero()).then_some(args.finished_ttl),
                     pending_status_delay: args.pending_status_delay,
+                    running_status_delay: args.running_status_delay,
                     transition_events: args.transition_events,
                 },
                 gpu_quota: parse_quota(&args.gpu_quota, &args.gpu_resource)?,

@@ -395,8 +395,11 @@ async fn routine_events_stay_within_their_budget_and_failures_always_get_one() {
     let _cluster = serial();
     sweep().await;
     // A budget of two routine events, refilled one every 100 s: the first
-    // tasks' transitions use it up, the rest are left out and counted.
-    let controller = Controller::start(&["--transition-event-rate=0.01", "--transition-event-burst=2"]).await;
+    // tasks' transitions use it up, the rest are left out and counted. Each
+    // 1 s task shows Running (and gets its Started event) at once.
+    let controller =
+        Controller::start(&["--transition-event-rate=0.01", "--transition-event-burst=2", "--running-status-delay=0s"])
+            .await;
     let tenant = Tenant::new("budget", "pro", 1000).await;
     tenant.template("quick", "1s", json!({})).await;
     tenant.template("crash", "1s", json!({"podMetadata": {"annotations": {"e2e.runplane.dev/exit-code": "3"}}})).await;
@@ -829,7 +832,8 @@ async fn a_new_task_reads_queued_at_once_and_its_events_tell_the_story() {
     let _cluster = serial();
     sweep().await;
     let tenant = Tenant::new("story", "pro", 1000).await;
-    tenant.template("quick", "1s", json!({"price": {"perRun": 3}})).await;
+    // Long enough to show Running (2 s after its start, by default).
+    tenant.template("quick", "4s", json!({"price": {"perRun": 3}})).await;
     tenant.template("broken", "1s", json!({"inputSchema": {"type": "no-such-type"}})).await;
     // No controller yet: the apiserver itself shows a new task as Queued.
     tenant.task("first", "quick", json!({})).await;

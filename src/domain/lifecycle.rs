@@ -31,6 +31,11 @@ pub struct LifecycleConfig {
     /// from Queued to Running on the task, without a status write (and an
     /// event) for the short time it was pending. Slower starts are recorded.
     pub pending_status_delay: SignedDuration,
+    /// A pod that ends within this long after its start goes straight from
+    /// Queued to its end on the task: a Running status (and a Started event)
+    /// that its end would overwrite a moment later is not written. Longer
+    /// runs show Running this long after their start. Zero writes it at once.
+    pub running_status_delay: SignedDuration,
     /// Record an event at every phase transition (started, completed), not
     /// only for what needs a look (failures, retries, cancels, slow starts).
     pub transition_events: bool,
@@ -45,6 +50,7 @@ impl Default for LifecycleConfig {
             retry_backoff_max: SignedDuration::from_mins(5),
             finished_ttl: Some(SignedDuration::from_hours(24)),
             pending_status_delay: SignedDuration::from_secs(5),
+            running_status_delay: SignedDuration::from_secs(2),
             transition_events: true,
         }
     }
@@ -220,6 +226,13 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             if view.now >= hard_stop {
                 out.delete_pod = true;
                 return fail(view, out, &current, next, pod, Failure::Deadline, view.now, config);
+            }
+            // A short run ends before its Running status would be of use to
+            // anyone: wait a moment, and its end is the only write.
+            let record_from = started_at.min(view.now) + config.running_status_delay;
+            if current.phase != Some(TaskPhase::Running) && view.now < record_from {
+                out.requeue_after = Some(record_from.duration_since(view.now).max(SignedDuration::from_millis(100)));
+                return out;
             }
             if current.phase != Some(TaskPhase::Running) && config.transition_events {
                 let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("its node");
@@ -738,9 +751,10 @@ mod tests {
         assert_eq!(p.status, None);
         assert_eq!(p.event, None);
         assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(4)), "looks again when the delay is over");
-        // Running straight from Queued: one write, with the admission facts, no event.
+        // Running straight from Queued (once it has run for the running
+        // status delay): one write, with the admission facts.
         let running = pod_for(&t, 0).running(2).build();
-        let p = run(&t, Some(&running), 2);
+        let p = run(&t, Some(&running), 4);
         let status = p.status.unwrap();
         assert_eq!(status.phase, Some(TaskPhase::Running));
         assert_eq!((status.pod_name.as_deref(), status.attempts), (Some("t"), Some(1)));
@@ -753,7 +767,7 @@ mod tests {
             max_retries: None,
             pod: Some(&running),
             account: None,
-            now: ts(2),
+            now: ts(4),
             webhook_pending: false,
         };
         assert_eq!(plan(view, &quiet).event, None);
@@ -791,14 +805,45 @@ mod tests {
     fn running_pod_sets_started_at_and_requeues_for_the_hard_stop() {
         let t = admitted(task("t").build());
         let pod = pod_for(&t, 0).running(5).build();
-        let p = run(&t, Some(&pod), 6);
+        let p = run(&t, Some(&pod), 7);
         let status = p.status.unwrap();
         assert_eq!(status.phase, Some(TaskPhase::Running));
         assert_eq!(status.started_at, Some(Time(ts(5))));
         assert_eq!(status.wait_reason, None);
-        // timeout 60 s + grace 60 s from the start at 5, seen at 6
-        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(119)));
+        // timeout 60 s + grace 60 s from the start at 5, seen at 7
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(118)));
         assert!(!p.delete_pod && p.charge.is_none());
+    }
+
+    #[test]
+    fn a_run_that_ends_within_the_running_status_delay_is_written_only_at_its_end() {
+        // Default delay 2 s; the pod started at 5.
+        let t = admitted(task("t").build());
+        let running = pod_for(&t, 0).running(5).build();
+        let p = run(&t, Some(&running), 6);
+        assert_eq!((p.status, p.event), (None, None), "no Running status yet, and no Started event");
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(1)), "looks again when the delay is over");
+        // It ended at 6: one write, its end, with its start.
+        let ended = pod_for(&t, 0).succeeded(5, 6, "{}").build();
+        let p = run(&t, Some(&ended), 6);
+        let status = p.status.unwrap();
+        assert_eq!(status.phase, Some(TaskPhase::Completed));
+        assert_eq!((status.started_at, status.processing_time), (Some(Time(ts(5))), Some(1.0)));
+        assert_eq!(p.event.map(|e| e.reason), Some("Completed"));
+        // A node whose clock is ahead does not stretch the wait beyond the delay.
+        let ahead = pod_for(&t, 0).running(30).build();
+        assert_eq!(run(&t, Some(&ahead), 6).requeue_after, Some(SignedDuration::from_secs(2)));
+        // A delay of zero writes Running at once.
+        let at_once = LifecycleConfig { running_status_delay: SignedDuration::ZERO, ..LifecycleConfig::default() };
+        let view = TaskView {
+            task: &t,
+            max_retries: None,
+            pod: Some(&running),
+            account: None,
+            now: ts(5),
+            webhook_pending: false,
+        };
+        assert_eq!(plan(view, &at_once).status.and_then(|s| s.phase), Some(TaskPhase::Running));
     }
 
     #[test]
@@ -852,7 +897,7 @@ mod tests {
         let t = admitted(task("t").build());
         let mut pod = pod_for(&t, 0).running(5).build();
         pod.metadata.labels.get_or_insert_default().insert(labels::ACCOUNT.into(), "victim".into());
-        assert_eq!(run(&t, Some(&pod), 6).status.unwrap().account.as_deref(), Some("acct"));
+        assert_eq!(run(&t, Some(&pod), 7).status.unwrap().account.as_deref(), Some("acct"));
         // Once recorded, the task's account stays, even if the namespace moves.
         let recorded = crate::fixtures::TaskBuilder::from(t).status(|s| s.account = Some("first".into())).build();
         let view = TaskView {
@@ -860,7 +905,7 @@ mod tests {
             max_retries: None,
             pod: Some(&pod),
             account: Some("second"),
-            now: ts(6),
+            now: ts(7),
             webhook_pending: false,
         };
         assert_eq!(plan(view, &LifecycleConfig::default()).status.unwrap().account.as_deref(), Some("first"));
