@@ -19,18 +19,33 @@
 //! moment each object's create succeeded (Unix seconds) is written to FILE, one
 //! line per object in input order, for the harness to line up with what it
 //! watches.
+//!
+//! `--keep N` runs a closed loop instead (the objects must be pods): at most N
+//! of the created pods are unfinished at once. A pod watcher on
+//! `--keep-selector` has listed what is there before the first create; each
+//! pod it then sees end (Succeeded, Failed or deleted; once per uid) lets the
+//! next item in input order be created, and a create that fails gives its
+//! turn back. With `--keep-for SECS` no create starts later than SECS after
+//! the first: the items left are skipped (time 0 in `--times`, no error). The
+//! report adds `"ended_seen"` (pod ends the watcher saw) and `"skipped"`.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Config};
 use serde_json::{Value, json};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
 
 #[derive(Parser)]
 #[command(about = "Creates Kubernetes objects concurrently for the benchmarks")]
@@ -68,6 +83,15 @@ struct Args {
     /// Write when each object's create succeeded (Unix seconds; 0 for an error) to this file, one line per object in input order.
     #[arg(long)]
     times: Option<PathBuf>,
+    /// Closed loop: at most this many of the created pods unfinished at once; the next is created when one ends.
+    #[arg(long, requires = "keep_selector")]
+    keep: Option<usize>,
+    /// Label selector of the pods --keep watches end (those this run creates).
+    #[arg(long, requires = "keep")]
+    keep_selector: Option<String>,
+    /// With --keep: start no create later than this many seconds after the first; skip the items left.
+    #[arg(long, requires = "keep")]
+    keep_for: Option<f64>,
 }
 
 /// One object to create: its collection, name and body.
@@ -150,8 +174,8 @@ fn http_method(op: &Op<'_>) -> &'static str {
 
 /// Creates one object (and patches its status); errors are counted, the
 /// first few printed. `created_at` gets the Unix time (as f64 bits) at which
-/// the create succeeded.
-async fn load_one(client: &Client, item: Item, counters: &Counters, attempts: u32, created_at: &AtomicU64) {
+/// the create succeeded. Returns whether it did (or the object was there).
+async fn load_one(client: &Client, item: Item, counters: &Counters, attempts: u32, created_at: &AtomicU64) -> bool {
     let result = async {
         match call(client, &item, &Op::Create, counters, attempts).await? {
             Outcome::Done => counters.created.fetch_add(1, Ordering::Relaxed),
@@ -170,6 +194,112 @@ async fn load_one(client: &Client, item: Item, counters: &Counters, attempts: u3
         && counters.errors.fetch_add(1, Ordering::Relaxed) < 5
     {
         eprintln!("bench-load: {e:#}");
+    }
+    created_at.load(Ordering::Relaxed) != 0
+}
+
+/// The closed loop of `--keep`: one permit a pod that may be created, given
+/// back by the watcher as the created pods end.
+struct Keep {
+    slots: Arc<Semaphore>,
+    ended: Arc<AtomicU64>,
+    skipped: AtomicU64,
+    watcher: JoinHandle<()>,
+}
+
+impl Keep {
+    /// Starts the pod watcher and returns once its first list is done, so
+    /// that the pods listed there (not this run's) are known and ignored.
+    async fn start(client: &Client, n: usize, selector: &str) -> Result<Keep> {
+        let slots = Arc::new(Semaphore::new(n));
+        let ended = Arc::new(AtomicU64::new(0));
+        let (listed_tx, listed_rx) = oneshot::channel();
+        let config = watcher::Config::default().labels(selector);
+        let stream = watcher(Api::<Pod>::all(client.clone()), config).default_backoff();
+        let watcher = tokio::spawn(watch_ends(stream, slots.clone(), ended.clone(), listed_tx));
+        match tokio::time::timeout(Duration::from_secs(60), listed_rx).await {
+            Ok(Ok(())) => Ok(Keep { slots, ended, skipped: AtomicU64::new(0), watcher }),
+            _ => {
+                watcher.abort();
+                bail!("the pod watcher on {selector} did not list the pods within 60 s")
+            }
+        }
+    }
+
+    /// Closes the loop SECS from now: the items still waiting for a permit
+    /// then, and all after them, are skipped.
+    fn close_after(&self, secs: f64) {
+        let slots = self.slots.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            slots.close();
+        });
+    }
+
+    /// Creates one item once a pod has ended to make room for it (or at once,
+    /// within the first N); a failed create gives its permit back.
+    async fn load_one(&self, client: &Client, item: Item, counters: &Counters, attempts: u32, at: &AtomicU64) {
+        match self.slots.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if !load_one(client, item, counters, attempts, at).await {
+            self.slots.add_permits(1);
+        }
+    }
+}
+
+/// Adds a permit for each pod seen ended for the first time, except those
+/// of the first list (there before the run). `listed` is told when that
+/// list is done.
+async fn watch_ends(
+    stream: impl futures::Stream<Item = watcher::Result<watcher::Event<Pod>>>,
+    slots: Arc<Semaphore>,
+    ended: Arc<AtomicU64>,
+    listed: oneshot::Sender<()>,
+) {
+    let mut listed = Some(listed);
+    let mut before = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut errors = 0;
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        let (pod, gone) = match event {
+            Ok(watcher::Event::InitApply(pod)) if listed.is_some() => {
+                before.extend(pod.metadata.uid);
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(tx) = listed.take() {
+                    let _ = tx.send(());
+                }
+                continue;
+            }
+            Ok(watcher::Event::Init) => continue,
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => (pod, false),
+            Ok(watcher::Event::Delete(pod)) => (pod, true),
+            Err(e) => {
+                errors += 1;
+                if errors <= 5 {
+                    eprintln!("bench-load: pod watcher: {e}");
+                }
+                continue;
+            }
+        };
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if !(gone || matches!(phase, Some("Succeeded" | "Failed"))) {
+            continue;
+        }
+        if let Some(uid) = pod.metadata.uid
+            && !before.contains(&uid)
+            && seen.insert(uid)
+        {
+            ended.fetch_add(1, Ordering::Relaxed);
+            slots.add_permits(1);
+        }
     }
 }
 
@@ -234,14 +364,42 @@ async fn main() -> Result<()> {
         bail!("--concurrency and --attempts must be at least 1");
     }
     let items = items(&args)?;
+    if args.keep == Some(0) || args.keep_for.is_some_and(|s| !(s >= 0.0 && s.is_finite())) {
+        bail!("--keep must be at least 1 and --keep-for a number of seconds");
+    }
+    if args.keep.is_some()
+        && let Some(other) = items.iter().find(|i| !i.path.ends_with("/pods"))
+    {
+        bail!("--keep creates pods only, not in {}", other.path);
+    }
     let client = client(args.kubeconfig.as_ref()).await?;
+    let keep = match (args.keep, &args.keep_selector) {
+        (Some(n), Some(selector)) => Some(Keep::start(&client, n, selector).await?),
+        _ => None,
+    };
     let counters = Counters::default();
     let created_at: Vec<AtomicU64> = items.iter().map(|_| AtomicU64::new(0)).collect();
     let started = Instant::now();
+    if let (Some(keep), Some(secs)) = (&keep, args.keep_for) {
+        keep.close_after(secs);
+    }
     futures::stream::iter(items.into_iter().zip(&created_at))
-        .for_each_concurrent(args.concurrency, |(item, at)| load_one(&client, item, &counters, args.attempts, at))
+        .for_each_concurrent(args.concurrency, |(item, at)| {
+            let (client, counters, keep) = (&client, &counters, keep.as_ref());
+            async move {
+                match keep {
+                    Some(keep) => keep.load_one(client, item, counters, args.attempts, at).await,
+                    None => {
+                        load_one(client, item, counters, args.attempts, at).await;
+                    }
+                }
+            }
+        })
         .await;
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(keep) = &keep {
+        keep.watcher.abort();
+    }
     if let Some(file) = &args.times {
         let lines: String =
             created_at.iter().map(|t| format!("{:.6}\n", f64::from_bits(t.load(Ordering::Relaxed)))).collect();
@@ -250,22 +408,24 @@ async fn main() -> Result<()> {
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let created = n(&counters.created) + n(&counters.already_there);
     let errors = n(&counters.errors);
-    println!(
-        "{}",
-        json!({
-            "created": created,
-            "seconds": seconds,
-            "requests": n(&counters.requests),
-            "errors": errors,
-            "rate": created as f64 / seconds.max(1e-9),
-            "create_requests": n(&counters.create_requests),
-            "patch_requests": n(&counters.patch_requests),
-            "already_there": n(&counters.already_there),
-            "patched": n(&counters.patched),
-            "retries": n(&counters.retries),
-            "concurrency": args.concurrency,
-        })
-    );
+    let mut report = json!({
+        "created": created,
+        "seconds": seconds,
+        "requests": n(&counters.requests),
+        "errors": errors,
+        "rate": created as f64 / seconds.max(1e-9),
+        "create_requests": n(&counters.create_requests),
+        "patch_requests": n(&counters.patch_requests),
+        "already_there": n(&counters.already_there),
+        "patched": n(&counters.patched),
+        "retries": n(&counters.retries),
+        "concurrency": args.concurrency,
+    });
+    if let Some(keep) = &keep {
+        report["ended_seen"] = json!(n(&keep.ended));
+        report["skipped"] = json!(n(&keep.skipped));
+    }
+    println!("{report}");
     if errors > 0 {
         std::process::exit(1);
     }
