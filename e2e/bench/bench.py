@@ -54,15 +54,17 @@ SCALES = {
     "small": dict(throughput=1000, job_defaults=200, writes=200, backlog=2000, accounts=30, quota=160,
                   memory=[5000, 15000]),
     "full": dict(throughput=2000, job_defaults=300, writes=300, backlog=15000, accounts=30, quota=160,
-                 memory=[15000, 100000], backlog_for=480),
+                 memory=[15000, 100000], backlog_for=360, baseline_for=120),
 }
 # backlog_for: seconds from the backlog's first create after which the runner
 # stops waiting for pods and reports what it saw (None: when every task has
 # finished, or at the deadline the work's ideal makespan sets). 15,000 tasks
 # of 1-4 s do not drain on two shared cores in the twenty minutes the whole
 # bench should take: their creates alone take four to five minutes, and the
-# quota stays as busy after that as the apiserver lets it, so a few more
-# minutes show the steady state as well as fifteen.
+# quota stays as busy after that as the apiserver lets it, so a minute or two
+# more show the steady state as well as fifteen.
+# baseline_for: the same for the backlog's closed-loop baseline (None: until
+# every task's pod is created); its steady state shows within a minute or two.
 
 # The plans' limits (concurrent tasks, requests per minute), given to every
 # controller and gateway the bench starts (--plan), so that the backlog's
@@ -138,7 +140,7 @@ def now():
 
 
 def load(args, path=None, body=None, count=0, start=0, items=None, status_patch=None, concurrency=None,
-         times=False):
+         times=False, keep=None, keep_selector=None, keep_for=None):
     """Creates objects with the Rust load generator, --concurrency requests in
     flight: `count` objects from `body` (a dict; "{i}" in it becomes the index
     start..start+count-1) in the collection `path`, or `items`, a list of
@@ -147,8 +149,16 @@ def load(args, path=None, body=None, count=0, start=0, items=None, status_patch=
     (created, seconds, requests, errors, create_requests, patch_requests, …);
     its requests count as the harness's own. With `times`, the report's
     "times" lists when each object's create succeeded, on this process's
-    monotonic clock (now()), in input order."""
+    monotonic clock (now()), in input order. With `keep` (pods only), a
+    closed loop: at most `keep` of the pods unfinished at once, the next
+    created as soon as the loader's watch on `keep_selector` sees one end,
+    and none started later than `keep_for` seconds after the first (the
+    rest are skipped: time 0, the report's "skipped")."""
     cmd = [args.loader, "--kubeconfig", KUBECONFIG, "--concurrency", str(concurrency or args.concurrency)]
+    if keep is not None:
+        cmd += ["--keep", str(keep), "--keep-selector", keep_selector]
+        if keep_for is not None:
+            cmd += ["--keep-for", str(keep_for)]
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="bench-load-") as f, \
             tempfile.NamedTemporaryFile("r", suffix=".txt", prefix="bench-load-times-") as tf:
         if times:
@@ -183,7 +193,8 @@ def load(args, path=None, body=None, count=0, start=0, items=None, status_patch=
 
 
 def loader_summary(r):
-    return {k: r[k] for k in ("created", "seconds", "rate", "requests", "retries", "concurrency")}
+    return {k: r[k] for k in ("created", "seconds", "rate", "requests", "retries", "concurrency", "ended_seen",
+                              "skipped") if k in r}
 
 
 def loader_note(r):
@@ -259,10 +270,11 @@ def task_body(name, tpl):
 AMPLE = {"concurrentTasks": 100000, "requestsPerMinute": 1000000, "gpus": 100000}
 
 
-def equivalent_pod(name, duration):
-    """What runplane creates for a 1-GPU task (without the owner and finalizer)."""
+def equivalent_pod(name, duration, label="raw"):
+    """What runplane creates for a 1-GPU task (without the owner and finalizer),
+    labelled bench=`label`."""
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"bench": "raw"},
+            "metadata": {"name": name, "labels": {"bench": label},
                          "annotations": {"e2e.runplane.dev/duration": duration}},
             "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 3600,
                      "containers": [{"name": "task", "image": "example.com/worker:1",
@@ -674,14 +686,16 @@ def throughput(args, sizes, out):
         res["ratio_runplane_job_defaults"] = ratio(res["runplane"], res["job_defaults"])
     res["ratio_runplane_backlog_raw"] = ratio(res["runplane_backlog"], res["raw"])
 
-    def fmt(v):
-        return f"{v:.2f}" if v is not None else "n/a"
     print(f"  runplane ÷ raw = {fmt(res['ratio_runplane_raw'])}, ÷ Job (raised QPS) = "
           f"{fmt(res['ratio_runplane_job_raised'])}, ÷ Job (default QPS) = "
           f"{fmt(res.get('ratio_runplane_job_defaults'))}", flush=True)
     print(f"  a different measurement: runplane's own pod creates from a standing backlog ÷ raw pod creates = "
           f"{fmt(res['ratio_runplane_backlog_raw'])}", flush=True)
     return res
+
+
+def fmt(v):
+    return f"{v:.2f}" if v is not None else "n/a"
 
 
 def creates_to_pods(args, path, body, n, selector, timeout):
@@ -999,6 +1013,70 @@ def backlog_work(n, namespaces, durations):
     return work, limit_of
 
 
+def pod_hold(added, bound, running, finished):
+    """Where a pod's hold on its GPU goes: waiting for the scheduler, for the
+    node (kwok) to start it, and running (to its end seen): mean and p50
+    seconds of each step, over the pods seen in every state in order."""
+    steps = {"created_to_bound": [], "bound_to_running": [], "running_to_end": []}
+    for k, end in finished.items():
+        if k in bound and k in running and added[k] <= bound[k] <= running[k] <= end:
+            steps["created_to_bound"].append(bound[k] - added[k])
+            steps["bound_to_running"].append(running[k] - bound[k])
+            steps["running_to_end"].append(end - running[k])
+    return {name: {"mean_s": sum(v) / len(v), "p50_s": sorted(v)[len(v) // 2], "pods": len(v)}
+            for name, v in steps.items() if v}
+
+
+def hold_note(hold):
+    return ", ".join(f"{name.replace('_', ' ')} {v['mean_s']:.2f} / {v['p50_s']:.2f} s" for name, v in hold.items())
+
+
+def gap_figures(rp):
+    """The replay's freed GPU -> next pod gaps: percentiles and most (ms),
+    how many, and the starts it had no open slot for."""
+    gaps = sorted(rp["gaps"])
+
+    def pct(p):
+        return gaps[min(len(gaps) - 1, int(p / 100 * len(gaps)))] * 1000 if gaps else None
+    return {"freed_to_next_p50_ms": pct(50), "freed_to_next_p90_ms": pct(90), "freed_to_next_p99_ms": pct(99),
+            "freed_to_next_max_ms": gaps[-1] * 1000 if gaps else None, "gaps": len(gaps),
+            "gaps_open_at_end": rp["open_at_end"], "starts_without_open_slot": rp["unpaired_starts"]}
+
+
+def ms(v):
+    return f"{v:.0f} ms" if v is not None else "n/a"
+
+
+def gaps_note(r):
+    return (f"freed GPU -> next pod: p50 {ms(r['freed_to_next_p50_ms'])}, p90 {ms(r['freed_to_next_p90_ms'])}, "
+            f"p99 {ms(r['freed_to_next_p99_ms'])} ({r['gaps']} gaps; {r['starts_without_open_slot']} starts the "
+            f"replay had no open slot for)")
+
+
+def share(gpu_seconds, seconds, quota):
+    """GPU-seconds as a share of the quota over `seconds` (None over none)."""
+    return gpu_seconds / (quota * seconds) if seconds else None
+
+
+def finish_rate(times, lo=float("-inf"), hi=float("inf")):
+    """Pods finished a second, from the first end to the last within [lo, hi]."""
+    done = sorted(t for t in times if lo <= t <= hi)
+    return (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else None
+
+
+def quotient(a, b):
+    return a / b if a is not None and b else None
+
+
+def percent(v):
+    return f"{100 * v:.1f}%" if v is not None else "n/a"
+
+
+# How long the backlog waits after its stop for the controller to release
+# the pods that have finished, so that their writes are counted.
+RELEASE_WAIT = 60
+
+
 def backlog(args, sizes, out):
     n, n_acc, quota = sizes["backlog"], sizes["accounts"], sizes["quota"]
     plans = list(PLANS)
@@ -1046,7 +1124,7 @@ def backlog(args, sizes, out):
         # counted below are all of them (a controller behind on the apiserver
         # may need a while).
         t_all_finished = now()
-        while now() < deadline + args.phase_timeout and len(w.released) < len(w.finished):
+        while now() < t_all_finished + RELEASE_WAIT and len(w.released) < len(w.finished):
             time.sleep(0.5)
         catch_up = now() - t_all_finished
         w.close()
@@ -1064,27 +1142,14 @@ def backlog(args, sizes, out):
     release_lag = sorted(t - finished[k] for k, t in w.released.items() if k in finished)
     created = {(ns, name): t for (ns, name, _), t in zip(work, lr["times"]) if t > 0}
     account_of = {k: k[0] for k in list(created) + list(added)}
-    rp = replay(created, added, finished, account_of, limit_of, quota, split=t_posted, running=dict(w.running))
-    # Where a pod's hold on its GPU goes: waiting for the scheduler, for the
-    # node (kwok) to start it, and running.
-    bound, running = dict(w.bound), dict(w.running)
-    steps = {"created_to_bound": [], "bound_to_running": [], "running_to_end": []}
-    for k, end in finished.items():
-        if k in bound and k in running and added[k] <= bound[k] <= running[k] <= end:
-            steps["created_to_bound"].append(bound[k] - added[k])
-            steps["bound_to_running"].append(running[k] - bound[k])
-            steps["running_to_end"].append(end - running[k])
-    hold = {name: {"mean_s": sum(v) / len(v), "p50_s": sorted(v)[len(v) // 2], "pods": len(v)}
-            for name, v in steps.items() if v}
-    done_after = sorted(t for t in finished.values() if t >= t_posted)
-    rate_after = (len(done_after) - 1) / (done_after[-1] - done_after[0]) if len(done_after) > 1 else None
-    gaps = sorted(rp["gaps"])
-
-    def pct(p):
-        return gaps[min(len(gaps) - 1, int(p / 100 * len(gaps)))] * 1000 if gaps else None
+    running = dict(w.running)
+    rp = replay(created, added, finished, account_of, limit_of, quota, split=t_posted, running=running)
+    hold = pod_hold(added, dict(w.bound), running, finished)
+    rate_after = finish_rate(finished.values(), lo=t_posted)
+    gaps = gap_figures(rp)
     # The makespan only of a run that finished every task.
     makespan = (max(finished.values()) - t0) if len(finished) == n else None
-    available = quota * rp["waited_seconds"]
+    before_split, after_split = rp["parts"]
     # What the backlog cost the apiserver per task, with everything the
     # controller writes for a task that waits.
     by_reporter, reasons = events_by_reporter(namespaces)
@@ -1097,28 +1162,24 @@ def backlog(args, sizes, out):
            "started": len(added), "finished": len(finished),
            "post_seconds": t_posted - t0, "loader": loader_summary(lr),
            "waited_seconds": rp["waited_seconds"], "window_seconds": [rp["window"][0] - t0, rp["window"][1] - t0],
-           "utilization": rp["used_gpu_seconds"] / available if available else None,
+           "utilization": share(rp["used_gpu_seconds"], rp["waited_seconds"], quota),
            "utilization_of_allowed": rp["used_gpu_seconds"] / rp["allowed_gpu_seconds"]
            if rp["allowed_gpu_seconds"] else None,
            # The same over the part of that time while the loader was still
            # creating tasks, and over the part after its last create.
-           "utilization_while_creating": rp["parts"][0][0] / (quota * rp["parts"][0][1])
-           if rp["parts"][0][1] else None, "waited_while_creating_seconds": rp["parts"][0][1],
-           "utilization_after_creating": rp["parts"][1][0] / (quota * rp["parts"][1][1])
-           if rp["parts"][1][1] else None, "waited_after_creating_seconds": rp["parts"][1][1],
+           "utilization_while_creating": share(before_split[0], before_split[1], quota),
+           "waited_while_creating_seconds": before_split[1],
+           "utilization_after_creating": share(after_split[0], after_split[1], quota),
+           "waited_after_creating_seconds": after_split[1],
            # GPU-seconds of pods running (first seen running to end) over the
            # same time: what of the held GPUs did work.
-           "utilization_running": (rp["parts"][0][2] + rp["parts"][1][2]) / available if available else None,
-           "utilization_running_after_creating": rp["parts"][1][2] / (quota * rp["parts"][1][1])
-           if rp["parts"][1][1] else None,
+           "utilization_running": share(before_split[2] + after_split[2], rp["waited_seconds"], quota),
+           "utilization_running_after_creating": share(after_split[2], after_split[1], quota),
            "pod_hold": hold, "finished_per_second_after_creating": rate_after,
            "stopped_by_time_limit": len(finished) < n, "time_limit_seconds": sizes.get("backlog_for"),
            "ideal_makespan": ideal, "measured_makespan": makespan,
-           "ideal_makespan_with_account_limits": ideal_limits,
-           "freed_to_next_p50_ms": pct(50), "freed_to_next_p90_ms": pct(90), "freed_to_next_p99_ms": pct(99),
-           "freed_to_next_max_ms": gaps[-1] * 1000 if gaps else None, "gaps": len(gaps),
-           "gaps_open_at_end": rp["open_at_end"], "starts_without_open_slot": rp["unpaired_starts"],
-           "gaps_ms": [round(g * 1000, 2) for g in gaps],
+           "ideal_makespan_with_account_limits": ideal_limits, **gaps,
+           "gaps_ms": [round(g * 1000, 2) for g in sorted(rp["gaps"])],
            # The controller's own pace on the tasks' ends: pod seen finished
            # -> pod seen released (task charged, its end written).
            "released": len(release_lag), "catch_up_seconds": catch_up,
@@ -1139,37 +1200,28 @@ def backlog(args, sizes, out):
                                    ("create", "events.k8s.io", "events", ""),
                                    ("create", "runplane.dev", "gputasks", ""))}}
 
-    def ms(v):
-        return f"{v:.0f} ms" if v is not None else "n/a"
     print(f"  {n} tasks, {n_acc} accounts (limits sum {res['concurrency_limit_sum']}), quota {quota} GPUs, "
           f"{gpu_seconds:.0f} GPU-s of work, created in {t_posted - t0:.1f}s", flush=True)
     print(f"  while tasks waited ({rp['waited_seconds']:.1f}s): GPU use {100 * (res['utilization'] or 0):.1f}% of the "
           f"quota, {100 * (res['utilization_of_allowed'] or 0):.1f}% of what the quota and the waiting accounts' "
           f"limits allowed", flush=True)
-    print("  of that, while the loader still created tasks: " + (
-        f"{100 * res['utilization_while_creating']:.1f}% over {rp['parts'][0][1]:.0f}s"
-        if res["utilization_while_creating"] is not None else "n/a") + "; after its last create: " + (
-        f"{100 * res['utilization_after_creating']:.1f}% over {rp['parts'][1][1]:.0f}s"
-        if res["utilization_after_creating"] is not None else "n/a"), flush=True)
+    print(f"  of that, while the loader still created tasks: {percent(res['utilization_while_creating'])} over "
+          f"{before_split[1]:.0f}s; after its last create: {percent(res['utilization_after_creating'])} over "
+          f"{after_split[1]:.0f}s", flush=True)
     if res["utilization_running"] is not None:
         print(f"  GPUs running (pod first seen running to its end) over the same time: "
-              f"{100 * res['utilization_running']:.1f}% of the quota; after the last create "
-              + (f"{100 * res['utilization_running_after_creating']:.1f}%"
-                 if res["utilization_running_after_creating"] is not None else "n/a")
+              f"{percent(res['utilization_running'])} of the quota; after the last create "
+              f"{percent(res['utilization_running_after_creating'])}"
               + (f", {rate_after:.1f} tasks finished a second" if rate_after else ""), flush=True)
     if hold:
-        print("  a pod's hold on its GPU (mean / p50): " + ", ".join(
-            f"{name.replace('_', ' ')} {v['mean_s']:.2f} / {v['p50_s']:.2f} s" for name, v in hold.items()),
-            flush=True)
+        print(f"  a pod's hold on its GPU (mean / p50): {hold_note(hold)}", flush=True)
     if len(finished) < n:
         print(f"  stopped {deadline - t0:.0f}s after the first create with {len(added)} of {n} tasks started "
               f"and {len(finished)} finished" + (f" (--backlog-for {sizes['backlog_for']})"
                                                  if sizes.get("backlog_for") else ""), flush=True)
     measured = f"{makespan:.1f}s" if makespan is not None else "not reached"
     print(f"  makespan ideal {ideal:.1f}s (with the accounts' limits {ideal_limits:.1f}s), measured {measured}; "
-          f"freed GPU -> next pod: p50 {ms(res['freed_to_next_p50_ms'])}, p90 "
-          f"{ms(res['freed_to_next_p90_ms'])}, p99 {ms(res['freed_to_next_p99_ms'])} ({len(gaps)} gaps; "
-          f"{rp['unpaired_starts']} starts the replay had no open slot for)", flush=True)
+          f"{gaps_note(res)}", flush=True)
     print(f"  cores used (CPU per finished task): {cpu_note(plane)}", flush=True)
     print(f"  controller CPU {cpu:.1f}s, RSS peak {rss_peak:.1f} MB; runplane writes {total / n:.2f} per task "
           f"(" + ", ".join(f"{r['verb']} {r['resource']} {r['per_task']:.2f}" for r in rows) + ")", flush=True)
@@ -1182,10 +1234,84 @@ def backlog(args, sizes, out):
           f"apiserver mean latency: " + ", ".join(f"{k} {ms(v)}" for k, v in res["apiserver_mean_ms"].items()),
           flush=True)
     # GPUs in use (and allowed) over time, for the plot
-    series = rp["series"]
-    step = max(1, len(series) // 4000)
-    res["inuse"] = [(t - t0, u, al, wt, d, r) for t, u, al, wt, d, r in series[::step]]
+    res["inuse"] = [(t - t0, u, al, wt, d, r) for t, u, al, wt, d, r in downsampled(rp["series"])]
+    if args.no_baseline:
+        return res
+    # runplane's part after its last create is what compares: from then on no
+    # GpuTask creates compete with its pods, as none compete with the baseline's.
+    b = res["baseline"] = closed_loop_baseline(args, sizes, work, durations, namespaces, quota, ideal)
+    res["ratio_held_to_baseline"] = quotient(res["utilization_after_creating"], b["utilization"])
+    res["ratio_running_to_baseline"] = quotient(res["utilization_running_after_creating"], b["utilization_running"])
+    res["ratio_finished_per_second_to_baseline"] = quotient(rate_after, b["finished_per_second"])
+    print(f"  runplane after its last create ÷ the closed-loop baseline: GPUs held "
+          f"{fmt(res['ratio_held_to_baseline'])}, GPUs running {fmt(res['ratio_running_to_baseline'])}, "
+          f"tasks finished a second {fmt(res['ratio_finished_per_second_to_baseline'])}", flush=True)
     return res
+
+
+def downsampled(series, most=4000):
+    return series[::max(1, len(series) // most)]
+
+
+def closed_loop_baseline(args, sizes, work, durations, namespaces, quota, ideal):
+    """What the plane itself allows the backlog: on a fresh plane, the same
+    work's pods (no GpuTasks, no accounts), created by the loader in the same
+    order as a closed loop that keeps `quota` pods unfinished and creates the
+    next the moment its watch sees one end. The whole backlog waits from the
+    start; replayed with the account limits at the quota, so that only the
+    quota binds. Its figures are those of backlog(), over the time tasks
+    waited (first to last pod created)."""
+    fresh = fresh_cluster()
+    parallel(ensure_namespace, namespaces, 8)
+    selector = "bench=closed-loop"
+    w = PodWatch(selector)
+    limit = sizes.get("baseline_for")
+    before, lat_before = request_counts(latency=True)
+    plane0 = plane_cpu()
+    t0 = now()
+    items = [(f"/api/v1/namespaces/{ns}/pods", equivalent_pod(name, f"{int(durations[b] * 1000)}ms", "closed-loop"))
+             for ns, name, b in work]
+    # Without a time limit, stopped all the same where a stalled plane would
+    # hold it (runplane's part has the same deadline).
+    lr = load(args, items=items, times=True, keep=quota, keep_selector=selector,
+              keep_for=limit or max(args.phase_timeout, 4 * ideal + 60))
+    t_posted = now()
+    made = [(ns, name) for (ns, name, _), t in zip(work, lr["times"]) if t > 0]
+    deadline = now() + 60
+    while now() < deadline and not all(k in w.finished for k in made):
+        time.sleep(0.2)
+    w.close()
+    window = now() - t0
+    after, lat_after = request_counts(latency=True)
+    added, finished, running = dict(w.added), dict(w.finished), dict(w.running)
+    plane = cpu_used(plane0, plane_cpu(), window, len(finished))
+    rp = replay({(ns, name): t0 for ns, name, _ in work}, added, finished, {(ns, name): ns for ns, name, _ in work},
+                dict.fromkeys(namespaces, quota), quota, running=running)
+    held, waited, ran = rp["parts"][0]
+    r = {"fresh_cluster_seconds": fresh, "tasks": len(work), "created": len(made), "skipped": lr.get("skipped"),
+         "started": len(added), "finished": len(finished), "post_seconds": t_posted - t0,
+         "loader": loader_summary(lr), "time_limit_seconds": limit, "stopped_by_time_limit": bool(lr.get("skipped")),
+         "waited_seconds": waited, "window_seconds": [rp["window"][0] - t0, rp["window"][1] - t0],
+         "utilization": share(held, waited, quota), "utilization_running": share(ran, waited, quota),
+         # Over the time tasks waited: after the last pod created the loop
+         # only drains.
+         "finished_per_second": finish_rate(finished.values(), hi=rp["window"][1]),
+         **gap_figures(rp), "pod_hold": pod_hold(added, dict(w.bound), running, finished),
+         "apiserver_create_pods_mean_ms": mean_latency_ms(lat_before, lat_after, ("create", "", "pods", "")),
+         "plane_cpu": plane,
+         "inuse": [(t - t0, u, x) for t, u, _, _, _, x in downsampled(rp["series"])]}
+    print(f"  closed-loop baseline (a fresh plane in {fresh:.0f}s; the same pods, at most {quota} unfinished, the "
+          f"next created when one ends): {len(made)} of {len(work)} created in {t_posted - t0:.1f}s "
+          f"({r['skipped'] or 0} skipped by the time limit), {len(finished)} finished", flush=True)
+    print(f"    while pods waited ({waited:.1f}s): GPUs held {percent(r['utilization'])} of the quota, running "
+          f"{percent(r['utilization_running'])}"
+          + (f", {r['finished_per_second']:.1f} pods finished a second" if r["finished_per_second"] else "")
+          + f"; pod create {ms(r['apiserver_create_pods_mean_ms'])} on average", flush=True)
+    print(f"    {gaps_note(r)}", flush=True)
+    if r["pod_hold"]:
+        print(f"    a pod's hold on its GPU (mean / p50): {hold_note(r['pod_hold'])}", flush=True)
+    print(f"    cores used (CPU per finished pod): {cpu_note(plane)}", flush=True)
+    return r
 
 
 ETCD = f"http://127.0.0.1:{os.environ.get('RUNPLANE_E2E_ETCD_PORT', '22379')}"
@@ -1581,6 +1707,10 @@ def main():
         p.add_argument(f"--{k.replace('_', '-')}", type=int)
     p.add_argument("--backlog-for", type=int,
                    help="stop the backlog this many seconds after its first create (0: when it has drained)")
+    p.add_argument("--baseline-for", type=int,
+                   help="stop the backlog's closed-loop baseline creating pods this many seconds after its first "
+                        "(0: when every one is created)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the backlog's closed-loop baseline")
     p.add_argument("--memory-points", help="comma-separated task counts")
     args = p.parse_args()
     sizes = dict(SCALES[args.scale])
@@ -1589,6 +1719,8 @@ def main():
             sizes[k] = getattr(args, k)
     if args.backlog_for is not None:
         sizes["backlog_for"] = args.backlog_for or None
+    if args.baseline_for is not None:
+        sizes["baseline_for"] = args.baseline_for or None
     if args.memory_points:
         sizes["memory"] = [int(x) for x in args.memory_points.split(",")]
     os.makedirs(args.out, exist_ok=True)

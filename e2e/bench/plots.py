@@ -51,15 +51,26 @@ def backlog(res, path):
     lo, hi = res["window_seconds"]
     ax2.axvspan(lo, hi, color="grey", alpha=0.08, label="tasks waited")
     ax2.axvline(res["post_seconds"], color="grey", ls="--", lw=0.8, label="the loader's last create")
+    # The closed-loop baseline (its own run, from its own first create).
+    base = (res.get("baseline") or {}).get("inuse")
+    if base:
+        tb = [x[0] for x in base]
+        ax2.plot(tb, [x[1] for x in base], color="dimgrey", lw=0.6, label="closed-loop baseline: GPUs held")
+        ax2.plot(tb, [x[2] for x in base], color="darkgrey", lw=0.6, ls="-.",
+                 label="closed-loop baseline: GPUs running")
     ax2.set_ylabel("GPUs")
     ax2.set_ylim(0, res["quota_gpus"] * 1.4)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=7)
-    ax.set_title(f"Backlog: {res['tasks']} tasks, {res['accounts']} accounts, quota {res['quota_gpus']} GPUs; "
-                 f"held {100 * (res['utilization'] or 0):.1f}% of quota"
-                 + (f", running {100 * res['utilization_running']:.1f}%" if res.get("utilization_running") else ""),
-                 fontsize=9)
+    title = (f"Backlog: {res['tasks']} tasks, {res['accounts']} accounts, quota {res['quota_gpus']} GPUs; "
+             f"held {100 * (res['utilization'] or 0):.1f}% of quota"
+             + (f", running {100 * res['utilization_running']:.1f}%" if res.get("utilization_running") else ""))
+    if base:
+        b = res["baseline"]
+        title += (f"\nclosed-loop baseline: held {100 * (b['utilization'] or 0):.1f}%, "
+                  f"running {100 * (b['utilization_running'] or 0):.1f}%")
+    ax.set_title(title, fontsize=9)
     gaps = res.get("gaps_ms") or []
     if gaps:
         axg.plot(gaps, [(i + 1) / len(gaps) for i in range(len(gaps))])
@@ -69,6 +80,9 @@ def backlog(res, path):
         for p, ls in ((50, "--"), (99, ":")):
             v = res[f"freed_to_next_p{p}_ms"]
             axg.axvline(v, color="grey", ls=ls, lw=0.8, label=f"p{p} {v:.0f} ms")
+        if base and res["baseline"].get("freed_to_next_p50_ms") is not None:
+            v = res["baseline"]["freed_to_next_p50_ms"]
+            axg.axvline(v, color="dimgrey", ls="-.", lw=0.6, label=f"closed-loop baseline p50 {v:.0f} ms")
         axg.legend(fontsize=8)
     axg.set_xlabel("freed GPU → next pod created (ms, log)")
     axg.set_ylabel("fraction of gaps")
