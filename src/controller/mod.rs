@@ -91,6 +91,7 @@ pub struct Context {
     pub released: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Task statuses this process wrote that the cache may not show yet.
     pub own_writes: own_writes::OwnWrites<GpuTask>,
+    pub running_seen: tasks::RunningSeen,
 }
 
 /// How often every task is reconciled even if nothing changed.
@@ -143,6 +144,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         accounts,
         released: Default::default(),
         own_writes: Default::default(),
+        running_seen: Default::default(),
     });
 
     let admitter = tokio::spawn(admitter::Admitter::new(ctx.clone(), dirty.clone()).run(changed));

@@ -42,16 +42,49 @@ async fn reconcile_inner(task: &Arc<GpuTask>, ctx: &Context) -> Result<Action> {
     let max_retries = ctx.caches.template(&namespace, &task.spec.template_ref.name).map(|t| t.spec.max_retries);
     let webhook_pending = task.is_terminal() && super::webhooks::pending(ctx, task);
     let account = ctx.caches.account_of(&namespace);
+    let now = Timestamp::now();
     let view = TaskView {
         task,
         max_retries,
         pod: pod.as_deref(),
         account: account.as_deref(),
-        now: Timestamp::now(),
+        now,
+        running_seen: ctx.running_seen.note(task, pod.as_deref(), now),
         webhook_pending,
     };
     let plan = lifecycle::plan(view, &ctx.config.lifecycle);
     apply(task, pod.as_deref(), plan, ctx).await
+}
+
+/// When the controller first saw each task's pod running while its task was
+/// not Running yet (by pod UID): the running status delay counts from then.
+/// An entry goes once its task is Running or ended, or its pod stops
+/// running; a restart forgets them all, which only delays a Running status.
+#[derive(Default)]
+pub struct RunningSeen(std::sync::Mutex<std::collections::HashMap<String, Timestamp>>);
+
+impl RunningSeen {
+    /// Entries are pruned past this many (a task deleted while its entry was
+    /// there leaves it behind): those older than `STALE` go.
+    const PRUNE_ABOVE: usize = 4096;
+    const STALE: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+
+    pub fn note(&self, task: &GpuTask, pod: Option<&Pod>, now: Timestamp) -> Option<Timestamp> {
+        let pod = pod?;
+        let uid = pod.metadata.uid.as_deref()?;
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && pod.metadata.deletion_timestamp.is_none();
+        let recorded = task.is_terminal() || task.phase() == Some(crate::resources::TaskPhase::Running);
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !running || recorded {
+            seen.remove(uid);
+            return None;
+        }
+        if seen.len() > Self::PRUNE_ABOVE {
+            seen.retain(|_, at| now.duration_since(*at) < Self::STALE);
+        }
+        Some(*seen.entry(uid.to_string()).or_insert(now))
+    }
 }
 
 async fn apply(task: &GpuTask, pod: Option<&Pod>, plan: Plan, ctx: &Context) -> Result<Action> {

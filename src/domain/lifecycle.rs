@@ -31,10 +31,11 @@ pub struct LifecycleConfig {
     /// from Queued to Running on the task, without a status write (and an
     /// event) for the short time it was pending. Slower starts are recorded.
     pub pending_status_delay: SignedDuration,
-    /// A pod that ends within this long after its start goes straight from
-    /// Queued to its end on the task: a Running status (and a Started event)
-    /// that its end would overwrite a moment later is not written. Longer
-    /// runs show Running this long after their start. Zero writes it at once.
+    /// A pod that ends within this long after the controller saw it start
+    /// goes straight from Queued to its end on the task: a Running status
+    /// (and a Started event) that its end would overwrite a moment later is
+    /// not written. Longer runs show Running this long after they were seen
+    /// to start. Zero writes it at once.
     pub running_status_delay: SignedDuration,
     /// Record an event at every phase transition (started, completed), not
     /// only for what needs a look (failures, retries, cancels, slow starts).
@@ -68,6 +69,9 @@ pub struct TaskView<'a> {
     /// to the account recorded on its status, else this one.
     pub account: Option<&'a str>,
     pub now: Timestamp,
+    /// When this controller first saw the current pod running while the
+    /// task was not Running yet; None: the container's start.
+    pub running_seen: Option<Timestamp>,
     /// A finished task whose webhook is not settled yet is not deleted.
     pub webhook_pending: bool,
 }
@@ -228,8 +232,12 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
                 return fail(view, out, &current, next, pod, Failure::Deadline, view.now, config);
             }
             // A short run ends before its Running status would be of use to
-            // anyone: wait a moment, and its end is the only write.
-            let record_from = started_at.min(view.now) + config.running_status_delay;
+            // anyone: wait a moment, and its end is the only write. The
+            // moment counts from when the controller saw the start, not from
+            // the start itself: on a busy plane the start is seen late, and
+            // the end about as late after it.
+            let seen = view.running_seen.unwrap_or(started_at).min(view.now);
+            let record_from = seen + config.running_status_delay;
             if current.phase != Some(TaskPhase::Running) && view.now < record_from {
                 out.requeue_after = Some(record_from.duration_since(view.now).max(SignedDuration::from_millis(100)));
                 return out;
@@ -726,7 +734,15 @@ mod tests {
 
     fn run(task: &GpuTask, pod: Option<&Pod>, now: i64) -> Plan {
         plan(
-            TaskView { task, max_retries: Some(1), pod, account: Some("acct"), now: ts(now), webhook_pending: false },
+            TaskView {
+                task,
+                max_retries: Some(1),
+                pod,
+                account: Some("acct"),
+                now: ts(now),
+                running_seen: None,
+                webhook_pending: false,
+            },
             &LifecycleConfig::default(),
         )
     }
@@ -768,6 +784,7 @@ mod tests {
             pod: Some(&running),
             account: None,
             now: ts(4),
+            running_seen: None,
             webhook_pending: false,
         };
         assert_eq!(plan(view, &quiet).event, None);
@@ -833,6 +850,23 @@ mod tests {
         // A node whose clock is ahead does not stretch the wait beyond the delay.
         let ahead = pod_for(&t, 0).running(30).build();
         assert_eq!(run(&t, Some(&ahead), 6).requeue_after, Some(SignedDuration::from_secs(2)));
+        // Seen running only at 9 (a busy plane shows the start late, and the
+        // end as late): the delay counts from then.
+        let seen_at = |now: i64| {
+            let view = TaskView {
+                task: &t,
+                max_retries: None,
+                pod: Some(&running),
+                account: None,
+                now: ts(now),
+                running_seen: Some(ts(9)),
+                webhook_pending: false,
+            };
+            plan(view, &LifecycleConfig::default())
+        };
+        let p = seen_at(9);
+        assert_eq!((p.status, p.requeue_after), (None, Some(SignedDuration::from_secs(2))));
+        assert_eq!(seen_at(11).status.and_then(|s| s.phase), Some(TaskPhase::Running));
         // A delay of zero writes Running at once.
         let at_once = LifecycleConfig { running_status_delay: SignedDuration::ZERO, ..LifecycleConfig::default() };
         let view = TaskView {
@@ -841,6 +875,7 @@ mod tests {
             pod: Some(&running),
             account: None,
             now: ts(5),
+            running_seen: None,
             webhook_pending: false,
         };
         assert_eq!(plan(view, &at_once).status.and_then(|s| s.phase), Some(TaskPhase::Running));
@@ -906,6 +941,7 @@ mod tests {
             pod: Some(&pod),
             account: Some("second"),
             now: ts(7),
+            running_seen: None,
             webhook_pending: false,
         };
         assert_eq!(plan(view, &LifecycleConfig::default()).status.unwrap().account.as_deref(), Some("first"));
@@ -1090,6 +1126,7 @@ mod tests {
                 pod: None,
                 account: None,
                 now: ts(10 + 24 * 3600),
+                running_seen: None,
                 webhook_pending: true,
             },
             &LifecycleConfig::default(),
@@ -1104,6 +1141,7 @@ mod tests {
             pod: Some(&pod),
             account: None,
             now: ts(11),
+            running_seen: None,
             webhook_pending: false,
         };
         assert!(plan(view, &keep).delete_pod);
