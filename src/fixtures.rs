@@ -156,6 +156,21 @@ impl PodBuilder {
         };
         self.status("Pending", None, vec![container(state)])
     }
+    /// Pending, bound to a node at `at` (seconds), its container not started.
+    pub fn placed(mut self, at: i64) -> Self {
+        self.0.spec.get_or_insert_default().node_name = Some("gpu-1".into());
+        self.0.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "True".into(),
+                last_transition_time: Some(Time(ts(at))),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        self
+    }
     pub fn unschedulable(mut self) -> Self {
         self.0.status = Some(PodStatus {
             phase: Some("Pending".into()),

@@ -229,7 +229,7 @@ struct ControllerArgs {
     /// Longest retry delay.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     retry_backoff_max: SignedDuration,
-    /// A pod that starts within this long goes from Queued to Running on its task with no write for the time it was pending.
+    /// A pod that starts within this long after a node took it goes from Queued to Running on its task with no write for the time it was pending (one that no node has taken is recorded as PodStarting after 30 s, one the scheduler cannot place at once).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pending_status_delay: SignedDuration,
     /// A pod that ends within this long after its start goes from Queued straight to its end on the task, with no Running status (and Started event) that its end would overwrite a moment later; longer runs show Running this long after their start. 0 writes Running at once.
@@ -359,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
                     finished_ttl: (!args.finished_ttl.is_zero()).then_some(args.finished_ttl),
                     pending_status_delay: args.pending_status_delay,
                     running_status_delay: args.running_status_delay,
+                    unplaced_status_delay: LifecycleConfig::default().unplaced_status_delay,
                     transition_events: args.transition_events,
                 },
                 gpu_quota: parse_quota(&args.gpu_quota, &args.gpu_resource)?,

@@ -27,10 +27,15 @@ pub struct LifecycleConfig {
     pub retry_backoff_max: SignedDuration,
     /// Finished tasks are deleted this long after they end; None keeps them.
     pub finished_ttl: Option<SignedDuration>,
-    /// A pod that starts within this long after it was created goes straight
-    /// from Queued to Running on the task, without a status write (and an
-    /// event) for the short time it was pending. Slower starts are recorded.
+    /// A pod that starts within this long after it was placed on a node goes
+    /// straight from Queued to Running on the task, without a status write
+    /// (and an event) for the short time it was pending. Slower starts are
+    /// recorded (PodStarting: pulling the image, starting the container).
     pub pending_status_delay: SignedDuration,
+    /// A pod that no node has taken this long after it was created is
+    /// recorded as starting too (a scheduler far behind, or none running).
+    /// One the scheduler cannot place is recorded at once, with the reason.
+    pub unplaced_status_delay: SignedDuration,
     /// A pod that ends within this long after the controller saw it start
     /// goes straight from Queued to its end on the task: a Running status
     /// (and a Started event) that its end would overwrite a moment later is
@@ -51,6 +56,7 @@ impl Default for LifecycleConfig {
             retry_backoff_max: SignedDuration::from_mins(5),
             finished_ttl: Some(SignedDuration::from_hours(24)),
             pending_status_delay: SignedDuration::from_secs(5),
+            unplaced_status_delay: SignedDuration::from_secs(30),
             running_status_delay: SignedDuration::from_secs(2),
             transition_events: true,
         }
@@ -273,8 +279,15 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             // Most pods start within moments: recording that they are
             // pending would cost a write (and an event) per task and say
             // nothing that the Running status does not. Look again later.
+            // The time a pod waits for the scheduler is not the start's: on
+            // a busy plane every pod waits seconds for it, and a write for
+            // each would only add to that. A start is slow once its node has
+            // had it for the delay, or when no node has it for much longer.
             let recorded = current.pod_name.is_some() && current.wait_reason == Some(WaitReason::PodStarting);
-            let record_from = admitted + config.pending_status_delay;
+            let record_from = match placed_at(pod) {
+                Some(placed) => placed.max(admitted) + config.pending_status_delay,
+                None => admitted + config.unplaced_status_delay,
+            };
             if !recorded && start_failure(pod).is_none() && view.now < record_from {
                 out.requeue_after = Some(record_from.duration_since(view.now).max(SignedDuration::from_millis(100)));
                 return out;
@@ -584,6 +597,18 @@ fn start_failure(pod: &Pod) -> Option<Failure> {
     })
 }
 
+/// When the pod was bound to a node: its PodScheduled condition's last
+/// change (the apiserver sets it True on binding), or, for a pod that names
+/// a node without one, its creation.
+fn placed_at(pod: &Pod) -> Option<Timestamp> {
+    let scheduled = pod.status.as_ref()?.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled");
+    match scheduled {
+        Some(c) if c.status == "True" => c.last_transition_time.as_ref().map(|t| t.0),
+        Some(_) => None,
+        None => pod.spec.as_ref()?.node_name.as_ref().and(pod.metadata.creation_timestamp.as_ref()).map(|t| t.0),
+    }
+}
+
 fn main_state(pod: &Pod) -> Option<&ContainerState> {
     pod.status
         .as_ref()?
@@ -760,9 +785,9 @@ mod tests {
 
     #[test]
     fn a_pod_that_starts_quickly_costs_no_pending_write() {
-        // pod_for creates the pod at 1; the default delay is 5 s.
+        // pod_for creates the pod at 1, placed on a node at 1; the default delay is 5 s.
         let t = task("t").build();
-        let pod = pod_for(&t, 0).build();
+        let pod = pod_for(&t, 0).placed(1).build();
         let p = run(&t, Some(&pod), 2);
         assert_eq!(p.status, None);
         assert_eq!(p.event, None);
@@ -802,7 +827,7 @@ mod tests {
     #[test]
     fn pending_pod_is_recorded_as_admitted_once() {
         let t = task("t").build();
-        let pod = pod_for(&t, 0).build();
+        let pod = pod_for(&t, 0).placed(1).build();
         let p = run(&t, Some(&pod), 6);
         let status = p.status.clone().expect("a pod pending past the delay is written");
         assert_eq!(status.phase, Some(TaskPhase::Queued));
@@ -816,6 +841,29 @@ mod tests {
         t2.status = Some(status);
         let again = run(&t2, Some(&pod), 7);
         assert_eq!((again.status, again.event), (None, None));
+    }
+
+    #[test]
+    fn the_wait_for_a_node_is_not_a_slow_start() {
+        // Created at 1; the scheduler is busy and places it at 20.
+        let t = task("t").build();
+        let unplaced = pod_for(&t, 0).build();
+        let p = run(&t, Some(&unplaced), 10);
+        assert_eq!((p.status, p.event), (None, None), "waiting for a node is not recorded");
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(21)), "until 30 s after its creation");
+        // Placed at 20: slow from 25 on, counted from its placing.
+        let placed = pod_for(&t, 0).placed(20).build();
+        let p = run(&t, Some(&placed), 22);
+        assert_eq!((p.status, p.requeue_after), (None, Some(SignedDuration::from_secs(3))));
+        let slow = run(&t, Some(&placed), 25).status.expect("a start slow on its node is recorded");
+        assert_eq!(slow.wait_reason, Some(WaitReason::PodStarting));
+        // No node at all after 30 s (no scheduler running): recorded.
+        let stuck = run(&t, Some(&unplaced), 31).status.expect("a pod no node took for 30 s is recorded");
+        assert_eq!(stuck.wait_reason, Some(WaitReason::PodStarting));
+        // One the scheduler cannot place says so at once.
+        let unschedulable = pod_for(&t, 0).unschedulable().build();
+        let status = run(&t, Some(&unschedulable), 2).status.expect("unschedulable is shown at once");
+        assert!(status.message.unwrap().contains("Insufficient nvidia.com/gpu"));
     }
 
     #[test]
