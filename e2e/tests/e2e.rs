@@ -790,7 +790,9 @@ async fn two_replicas_one_leader_and_a_failover_within_the_lease() {
         json!({"plan": "custom", "credits": 100_000, "limits": {"concurrentTasks": 2, "requestsPerMinute": 60}}),
     )
     .await;
-    tenant.template("work", "2s", json!({})).await;
+    // Long enough to show Running (2 s after the controller saw it start),
+    // and to be running when the leader dies.
+    tenant.template("work", "6s", json!({})).await;
     for i in 0..6 {
         tenant.task(&format!("t{i}"), "work", json!({})).await;
     }
@@ -833,7 +835,7 @@ async fn a_new_task_reads_queued_at_once_and_its_events_tell_the_story() {
     sweep().await;
     let tenant = Tenant::new("story", "pro", 1000).await;
     // Long enough to show Running (2 s after its start, by default).
-    tenant.template("quick", "4s", json!({"price": {"perRun": 3}})).await;
+    tenant.template("quick", "6s", json!({"price": {"perRun": 3}})).await;
     tenant.template("broken", "1s", json!({"inputSchema": {"type": "no-such-type"}})).await;
     // No controller yet: the apiserver itself shows a new task as Queued.
     tenant.task("first", "quick", json!({})).await;
