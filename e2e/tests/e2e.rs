@@ -834,7 +834,7 @@ async fn a_new_task_reads_queued_at_once_and_its_events_tell_the_story() {
     let _cluster = serial();
     sweep().await;
     let tenant = Tenant::new("story", "pro", 1000).await;
-    // Long enough to show Running (2 s after its start, by default).
+    // Long enough to show Running (2 s after the controller saw it start).
     tenant.template("quick", "6s", json!({"price": {"perRun": 3}})).await;
     tenant.template("broken", "1s", json!({"inputSchema": {"type": "no-such-type"}})).await;
     // No controller yet: the apiserver itself shows a new task as Queued.
