@@ -759,17 +759,23 @@ mod tests {
 
     fn run(task: &GpuTask, pod: Option<&Pod>, now: i64) -> Plan {
         plan(
-            TaskView {
-                task,
-                max_retries: Some(1),
-                pod,
-                account: Some("acct"),
-                now: ts(now),
-                running_seen: None,
-                webhook_pending: false,
-            },
+            TaskView { max_retries: Some(1), account: Some("acct"), ..view(task, pod, now) },
             &LifecycleConfig::default(),
         )
+    }
+
+    /// What the controller sees of a task with no template, no account and
+    /// no webhook, at `now`.
+    fn view<'a>(task: &'a GpuTask, pod: Option<&'a Pod>, now: i64) -> TaskView<'a> {
+        TaskView {
+            task,
+            max_retries: None,
+            pod,
+            account: None,
+            now: ts(now),
+            running_seen: None,
+            webhook_pending: false,
+        }
     }
 
     fn admitted(task: GpuTask) -> GpuTask {
@@ -803,16 +809,7 @@ mod tests {
         assert_eq!(p.event.map(|e| e.reason), Some("Started"), "the transition is an event");
         // Without transition events, a quick start records none.
         let quiet = LifecycleConfig { transition_events: false, ..LifecycleConfig::default() };
-        let view = TaskView {
-            task: &t,
-            max_retries: None,
-            pod: Some(&running),
-            account: None,
-            now: ts(4),
-            running_seen: None,
-            webhook_pending: false,
-        };
-        assert_eq!(plan(view, &quiet).event, None);
+        assert_eq!(plan(view(&t, Some(&running), 4), &quiet).event, None);
     }
 
     #[test]
@@ -901,32 +898,15 @@ mod tests {
         // Seen running only at 9 (a busy plane shows the start late, and the
         // end as late): the delay counts from then.
         let seen_at = |now: i64| {
-            let view = TaskView {
-                task: &t,
-                max_retries: None,
-                pod: Some(&running),
-                account: None,
-                now: ts(now),
-                running_seen: Some(ts(9)),
-                webhook_pending: false,
-            };
-            plan(view, &LifecycleConfig::default())
+            let seen = TaskView { running_seen: Some(ts(9)), ..view(&t, Some(&running), now) };
+            plan(seen, &LifecycleConfig::default())
         };
         let p = seen_at(9);
         assert_eq!((p.status, p.requeue_after), (None, Some(SignedDuration::from_secs(2))));
         assert_eq!(seen_at(11).status.and_then(|s| s.phase), Some(TaskPhase::Running));
         // A delay of zero writes Running at once.
         let at_once = LifecycleConfig { running_status_delay: SignedDuration::ZERO, ..LifecycleConfig::default() };
-        let view = TaskView {
-            task: &t,
-            max_retries: None,
-            pod: Some(&running),
-            account: None,
-            now: ts(5),
-            running_seen: None,
-            webhook_pending: false,
-        };
-        assert_eq!(plan(view, &at_once).status.and_then(|s| s.phase), Some(TaskPhase::Running));
+        assert_eq!(plan(view(&t, Some(&running), 5), &at_once).status.and_then(|s| s.phase), Some(TaskPhase::Running));
     }
 
     #[test]
@@ -983,16 +963,8 @@ mod tests {
         assert_eq!(run(&t, Some(&pod), 7).status.unwrap().account.as_deref(), Some("acct"));
         // Once recorded, the task's account stays, even if the namespace moves.
         let recorded = crate::fixtures::TaskBuilder::from(t).status(|s| s.account = Some("first".into())).build();
-        let view = TaskView {
-            task: &recorded,
-            max_retries: None,
-            pod: Some(&pod),
-            account: Some("second"),
-            now: ts(7),
-            running_seen: None,
-            webhook_pending: false,
-        };
-        assert_eq!(plan(view, &LifecycleConfig::default()).status.unwrap().account.as_deref(), Some("first"));
+        let moved = TaskView { account: Some("second"), ..view(&recorded, Some(&pod), 7) };
+        assert_eq!(plan(moved, &LifecycleConfig::default()).status.unwrap().account.as_deref(), Some("first"));
     }
 
     #[test]
@@ -1167,32 +1139,13 @@ mod tests {
         assert_eq!(p.status, None);
         assert_eq!(p.requeue_after, Some(SignedDuration::from_hours(24) - SignedDuration::from_secs(1)));
         assert!(run(&t, None, 10 + 24 * 3600).delete_task);
-        let pending = plan(
-            TaskView {
-                task: &t,
-                max_retries: None,
-                pod: None,
-                account: None,
-                now: ts(10 + 24 * 3600),
-                running_seen: None,
-                webhook_pending: true,
-            },
-            &LifecycleConfig::default(),
-        );
+        let pending =
+            plan(TaskView { webhook_pending: true, ..view(&t, None, 10 + 24 * 3600) }, &LifecycleConfig::default());
         assert!(!pending.delete_task, "the TTL waits for the webhook to settle");
 
         // Kept forever, the task does not keep its pod forever.
         let keep = LifecycleConfig { finished_ttl: None, ..LifecycleConfig::default() };
-        let view = TaskView {
-            task: &t,
-            max_retries: None,
-            pod: Some(&pod),
-            account: None,
-            now: ts(11),
-            running_seen: None,
-            webhook_pending: false,
-        };
-        assert!(plan(view, &keep).delete_pod);
+        assert!(plan(view(&t, Some(&pod), 11), &keep).delete_pod);
         // A pod still running under a finished task is stopped.
         let running = pod_for(&t, 0).running(2).build();
         assert!(run(&t, Some(&running), 11).delete_pod);
