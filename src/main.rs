@@ -232,7 +232,7 @@ struct ControllerArgs {
     /// A pod that starts within this long after a node took it goes from Queued to Running on its task with no write for the time it was pending (one that no node has taken is recorded as PodStarting after 30 s, one the scheduler cannot place at once).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pending_status_delay: SignedDuration,
-    /// A pod that ends within this long after its start goes from Queued straight to its end on the task, with no Running status (and Started event) that its end would overwrite a moment later; longer runs show Running this long after their start. 0 writes Running at once.
+    /// A pod that ends within this long after the controller saw it start goes from Queued straight to its end on the task, with no Running status (and Started event) that its end would overwrite a moment later; longer runs show Running this long after that. 0 writes Running at once.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     running_status_delay: SignedDuration,
     /// Record an event on the task at every phase transition (started, completed, queued); false records only what needs a look (failures, retries, cancels, slow starts, rejected input), which saves two API writes per task.

@@ -293,3 +293,28 @@ pub async fn reap_orphans(ctx: &Context, pods: impl IntoIterator<Item = Arc<Pod>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::*;
+    use crate::resources::TaskPhase;
+
+    #[test]
+    fn the_first_sight_of_a_running_pod_is_kept_until_its_task_says_running() {
+        let seen = RunningSeen::default();
+        let t = task("t").build();
+        let (pending, running) = (pod_for(&t, 0).placed(1).build(), pod_for(&t, 0).running(5).build());
+        assert_eq!(seen.note(&t, Some(&pending), ts(4)), None, "not running yet");
+        assert_eq!(seen.note(&t, Some(&running), ts(6)), Some(ts(6)));
+        assert_eq!(seen.note(&t, Some(&running), ts(7)), Some(ts(6)), "the first sight stays");
+        // Once the task says Running the entry goes; so it does when the pod
+        // is not running any more.
+        let recorded = TaskBuilder::from(t.clone()).status(|s| s.phase = Some(TaskPhase::Running)).build();
+        assert_eq!(seen.note(&recorded, Some(&running), ts(8)), None);
+        assert_eq!(seen.note(&t, Some(&running), ts(9)), Some(ts(9)), "forgotten, seen anew");
+        let ended = pod_for(&t, 0).succeeded(5, 9, "{}").build();
+        assert_eq!(seen.note(&t, Some(&ended), ts(10)), None);
+        assert!(seen.0.lock().unwrap().is_empty());
+    }
+}
