@@ -245,7 +245,7 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
             let seen = view.running_seen.unwrap_or(started_at).min(view.now);
             let record_from = seen + config.running_status_delay;
             if current.phase != Some(TaskPhase::Running) && view.now < record_from {
-                out.requeue_after = Some(record_from.duration_since(view.now).max(SignedDuration::from_millis(100)));
+                out.requeue_after = Some(look_again_at(record_from, view.now));
                 return out;
             }
             if current.phase != Some(TaskPhase::Running) && config.transition_events {
@@ -289,7 +289,7 @@ pub fn plan(view: TaskView<'_>, config: &LifecycleConfig) -> Plan {
                 None => admitted + config.unplaced_status_delay,
             };
             if !recorded && start_failure(pod).is_none() && view.now < record_from {
-                out.requeue_after = Some(record_from.duration_since(view.now).max(SignedDuration::from_millis(100)));
+                out.requeue_after = Some(look_again_at(record_from, view.now));
                 return out;
             }
             next.phase = Some(TaskPhase::Queued);
@@ -595,6 +595,12 @@ fn start_failure(pod: &Pod) -> Option<Failure> {
         code: codes::GPU_UNAVAILABLE,
         message: format!("GPU unavailable: {}", unschedulable.message.as_deref().unwrap_or("no node fits the pod")),
     })
+}
+
+/// How long until `at`, for a look then at what a delay held back; at least
+/// a moment, so that a clock at `at` already does not spin the reconciler.
+fn look_again_at(at: Timestamp, now: Timestamp) -> SignedDuration {
+    at.duration_since(now).max(SignedDuration::from_millis(100))
 }
 
 /// When the pod was bound to a node: its PodScheduled condition's last
