@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 import requests
 import urllib3
 
+import apiprofile
 from replay import replay
 
 urllib3.disable_warnings()
@@ -599,6 +600,55 @@ def mean_latency_ms(before, after, key):
 # scenarios
 # ---------------------------------------------------------------------------
 
+class ApiserverProfile:
+    """A CPU profile of the apiserver (its /debug/pprof/profile), taken in
+    the background: `seconds` long, from `delay` seconds after it is made.
+    Saved to <out>/<name>.pprof; result() splits it (apiprofile.py) and
+    counts the CPU of each part per pod that finished meanwhile."""
+
+    def __init__(self, out, name, seconds, delay=0.0):
+        self.path = os.path.join(out, f"{name}.pprof")
+        self.seconds, self.delay = int(seconds), delay
+        self.started = self.error = None
+        self.thread = threading.Thread(target=self._take, daemon=True)
+        self.thread.start()
+
+    def _take(self):
+        time.sleep(self.delay)
+        self.started = now()
+        try:
+            r = session().get(f"{BASE}/debug/pprof/profile", params={"seconds": self.seconds},
+                              timeout=self.seconds + 60)
+            r.raise_for_status()
+            with open(self.path, "wb") as f:
+                f.write(r.content)
+        except (requests.RequestException, OSError) as e:
+            self.error = str(e)
+
+    def result(self, finished_times):
+        self.thread.join()
+        if self.error:
+            return {"error": self.error}
+        go, binary = shutil.which("go"), shutil.which("kube-apiserver")
+        split = apiprofile.analyse(go, binary, self.path) if go and binary else None
+        if split is None:
+            return {"profile": os.path.basename(self.path), "error": "no `go tool pprof` or kube-apiserver on PATH"}
+        done = sum(1 for t in finished_times if self.started <= t <= self.started + self.seconds)
+        for part in split["parts"].values():
+            part["ms_per_finished_pod"] = 1000 * part["seconds"] / done if done else None
+        return {"profile": os.path.basename(self.path), "started_seconds": self.started,
+                "finished_pods": done, **split}
+
+
+def profile_note(p):
+    if not p or "parts" not in p:
+        return f"no profile ({(p or {}).get('error')})"
+    per = p["finished_pods"] or 0
+    return (f"{p['cores']:.2f} cores over {p['profile_seconds']:.0f}s, {per} pods finished: " + ", ".join(
+        f"{name} {100 * v['share']:.1f}%" + (f" ({v['ms_per_finished_pod']:.1f} ms/pod)" if per else "")
+        for name, v in p["parts"].items() if name != "updates and patches, all"))
+
+
 def wait_count(watch, n, timeout, field="added"):
     deadline = now() + timeout
     while now() < deadline and len(getattr(watch, field)) < n:
@@ -1139,6 +1189,8 @@ def backlog(args, sizes, out):
         lr = load(args, items=[(f"/apis/{GROUP}/namespaces/{ns}/gputasks", task_body(name, b)) for ns, name, b in work],
                   times=True)
         t_posted = now()
+        # Where the apiserver's CPU goes once the creates are over.
+        prof = None if args.no_profile else ApiserverProfile(out, "backlog-apiserver", args.profile_seconds, delay=5)
         deadline = now() + max(args.phase_timeout, 4 * ideal_limits + 60)
         if sizes.get("backlog_for"):
             deadline = min(deadline, max(t0 + sizes["backlog_for"], t_posted + 60))
@@ -1165,6 +1217,7 @@ def backlog(args, sizes, out):
         after, lat_after = request_counts(latency=True)
         podgc = podgc_deletes() - podgc_before
         pass_after = ctl.histogram("runplane_admission_pass_seconds")
+        profiled = prof.result(w.finished.values()) if prof else None
     finally:
         ctl.stop()
     passes = pass_after[1] - pass_before[1]
@@ -1218,7 +1271,7 @@ def backlog(args, sizes, out):
            if release_lag else None,
            "controller_cpu_seconds": cpu, "plane_cpu": plane, "controller_rss_peak_mb": rss_peak, "samples": samples, "rss": rss,
            "writes": rows, "writes_per_task": total / n, "events_by_reporter": by_reporter,
-           "runplane_events": reasons, "podgc_deletes": podgc,
+           "runplane_events": reasons, "podgc_deletes": podgc, "apiserver_profile": profiled,
            # What a gap is made of: the controller's admission passes (their
            # whole time, the pod creates they wait for included), and how
            # long the apiserver took per write meanwhile.
@@ -1260,6 +1313,8 @@ def backlog(args, sizes, out):
     print(f"  pod end -> released by the controller: p50 {ms(res['end_to_release_p50_ms'])}, p99 "
           f"{ms(res['end_to_release_p99_ms'])} ({len(release_lag)} of {len(finished)} released; the last "
           f"{catch_up:.1f}s after the last pod ended)", flush=True)
+    if profiled:
+        print(f"  apiserver CPU after the last create (a profile): {profile_note(profiled)}", flush=True)
     print(f"  {passes:.0f} admission passes, {ms(res['admission_pass_mean_ms'])} on average (pod creates included); "
           f"apiserver mean latency: " + ", ".join(f"{k} {ms(v)}" for k, v in res["apiserver_mean_ms"].items()),
           flush=True)
@@ -1269,7 +1324,7 @@ def backlog(args, sizes, out):
         return res
     # runplane's part after its last create is what compares: from then on no
     # GpuTask creates compete with its pods, as none compete with the baseline's.
-    b = res["baseline"] = closed_loop_baseline(args, sizes, work, durations, namespaces, quota, ideal)
+    b = res["baseline"] = closed_loop_baseline(args, sizes, out, work, durations, namespaces, quota, ideal)
     res["ratio_held_to_baseline"] = quotient(res["utilization_after_creating"], b["utilization"])
     res["ratio_running_to_baseline"] = quotient(res["utilization_running_after_creating"], b["utilization_running"])
     res["ratio_finished_per_second_to_baseline"] = quotient(rate_after, b["finished_per_second"])
@@ -1283,7 +1338,7 @@ def downsampled(series, most=4000):
     return series[::max(1, len(series) // most)]
 
 
-def closed_loop_baseline(args, sizes, work, durations, namespaces, quota, ideal):
+def closed_loop_baseline(args, sizes, out, work, durations, namespaces, quota, ideal):
     """What the plane itself allows the backlog: on a fresh plane, the same
     work's pods (no GpuTasks, no accounts), created by the loader in the same
     order as a closed loop that keeps `quota` pods unfinished and creates the
@@ -1301,6 +1356,8 @@ def closed_loop_baseline(args, sizes, work, durations, namespaces, quota, ideal)
     t0 = now()
     items = [(f"/api/v1/namespaces/{ns}/pods", equivalent_pod(name, f"{int(durations[b] * 1000)}ms", "closed-loop"))
              for ns, name, b in work]
+    # Profiled in its steady state, once the loop has filled the quota.
+    prof = None if args.no_profile else ApiserverProfile(out, "baseline-apiserver", args.profile_seconds, delay=15)
     # Without a time limit, stopped all the same where a stalled plane would
     # hold it (runplane's part has the same deadline).
     lr = load(args, items=items, times=True, keep=quota, keep_selector=selector,
@@ -1313,6 +1370,7 @@ def closed_loop_baseline(args, sizes, work, durations, namespaces, quota, ideal)
     w.close()
     window = now() - t0
     after, lat_after = request_counts(latency=True)
+    profiled = prof.result(w.finished.values()) if prof else None
     added, finished, running = dict(w.added), dict(w.finished), dict(w.running)
     plane = cpu_used(plane0, plane_cpu(), window, len(finished))
     rp = replay({(ns, name): t0 for ns, name, _ in work}, added, finished, {(ns, name): ns for ns, name, _ in work},
@@ -1328,7 +1386,7 @@ def closed_loop_baseline(args, sizes, work, durations, namespaces, quota, ideal)
          "finished_per_second": finish_rate(finished.values(), hi=rp["window"][1]),
          **gap_figures(rp), "pod_hold": pod_hold(added, dict(w.bound), running, finished),
          "apiserver_create_pods_mean_ms": mean_latency_ms(lat_before, lat_after, ("create", "", "pods", "")),
-         "plane_cpu": plane,
+         "plane_cpu": plane, "apiserver_profile": profiled,
          "inuse": [(t - t0, u, x) for t, u, _, _, _, x in downsampled(rp["series"])]}
     print(f"  closed-loop baseline (a fresh plane in {fresh:.0f}s; the same pods, at most {quota} unfinished, the "
           f"next created when one ends): {len(made)} of {len(work)} created in {t_posted - t0:.1f}s "
@@ -1341,6 +1399,8 @@ def closed_loop_baseline(args, sizes, work, durations, namespaces, quota, ideal)
     if r["pod_hold"]:
         print(f"    a pod's hold on its GPU (mean / p50): {hold_note(r['pod_hold'])}", flush=True)
     print(f"    cores used (CPU per finished pod): {cpu_note(plane)}", flush=True)
+    if profiled:
+        print(f"    apiserver CPU (a profile): {profile_note(profiled)}", flush=True)
     return r
 
 
@@ -1741,6 +1801,9 @@ def main():
                    help="stop the backlog's closed-loop baseline creating pods this many seconds after its first "
                         "(0: when every one is created)")
     p.add_argument("--no-baseline", action="store_true", help="skip the backlog's closed-loop baseline")
+    p.add_argument("--profile-seconds", type=int, default=30,
+                   help="length of the apiserver CPU profiles taken in the backlog and its baseline")
+    p.add_argument("--no-profile", action="store_true", help="take no apiserver CPU profiles")
     p.add_argument("--memory-points", help="comma-separated task counts")
     args = p.parse_args()
     sizes = dict(SCALES[args.scale])
