@@ -978,6 +978,7 @@ def write_costs(args, n):
     ns = "bench-write-costs"
     ensure_namespace(ns)
     tasks = f"/apis/{GROUP}/namespaces/{ns}/gputasks"
+
     def status(i, again):
         done = FINISHED_STATUS if again else {"phase": "Queued", "waitReason": "ClusterQuota"}
         return {**done, "account": "a", "attempts": 1, "gpus": 1, "podName": f"p-{i}",
