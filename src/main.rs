@@ -286,8 +286,8 @@ struct ControllerArgs {
     /// Limits of a plan: NAME=CONCURRENT,RPM[,GPUS] (free, pro or team; repeatable). Defaults: free=5,30 pro=10,60 team=25,120. Give the gateway the same.
     #[arg(long = "plan", value_name = "NAME=CONCURRENT,RPM[,GPUS]")]
     plan: Vec<String>,
-    /// Tasks reconciled at once.
-    #[arg(long, default_value_t = 16)]
+    /// Tasks reconciled at once. A reconcile mostly waits on the apiserver's writes; on a slow apiserver too few at once make task ends (their status, charge and webhook) trail their pods.
+    #[arg(long, default_value_t = 64)]
     reconcile_concurrency: u16,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
