@@ -200,7 +200,10 @@ start() { # name binary args...
   # shellcheck disable=SC2016 # expanded by the inner shell
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" \
     >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- &
-  for ((i = 0; i < 50; i++)); do
+  # Normally at once; but with three planes starting beside a build that
+  # has just written gigabytes, the machine has been seen to stall for
+  # over 5 s before the inner shell ran.
+  for ((i = 0; i < 300; i++)); do
     [[ -s "$PIDS/$name.pid" ]] && break
     sleep 0.1
   done
