@@ -780,6 +780,12 @@ async fn helm_install_creates_every_object_and_its_service_accounts_run_a_task_l
     // reads it there.
     let api_key = create_key(&tenant.name, &release.namespace);
     let api = ApiClient::new(&gateway, &api_key);
+    // The gateway knows a key once its watch of Secrets brings it: at once
+    // on a quiet machine, later on a busy one.
+    wait_for("the gateway to know the new key", MINUTE, || async {
+        (api.get("/v1/account").await.0 == 200).then_some(())
+    })
+    .await;
     // An unknown key is refused.
     let (code, body) = ApiClient::new(&gateway, "rk_live_notakey").get("/v1/account").await;
     assert_eq!((code, &body["code"]), (401, &json!(40001)), "{body}");
