@@ -359,8 +359,9 @@ async fn main() -> anyhow::Result<()> {
                     finished_ttl: (!args.finished_ttl.is_zero()).then_some(args.finished_ttl),
                     pending_status_delay: args.pending_status_delay,
                     running_status_delay: args.running_status_delay,
-                    unplaced_status_delay: LifecycleConfig::default().unplaced_status_delay,
                     transition_events: args.transition_events,
+                    // No flag: the unplaced status delay keeps its default.
+                    ..LifecycleConfig::default()
                 },
                 gpu_quota: parse_quota(&args.gpu_quota, &args.gpu_resource)?,
                 callback_key,
